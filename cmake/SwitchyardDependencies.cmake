@@ -1,0 +1,102 @@
+# Finds every dependency of the build and makes imported targets for them.
+#
+# LibTorch comes from the Python environment's torch wheel (no separate download). We
+# link its libraries directly, as torch.utils.cpp_extension does, rather than through
+# TorchConfig.cmake: that file probes for a CUDA setup matching the wheel's even when we
+# build without CUDA, which fails on machines that lack one.
+
+# --- Python and torch --------------------------------------------------------------------
+find_package(Python3 3.10 REQUIRED COMPONENTS Interpreter Development.Module)
+execute_process(
+  COMMAND ${Python3_EXECUTABLE} -c
+    "import os, torch; print(os.path.dirname(torch.__file__)); print(torch.__version__); print(int(torch.compiled_with_cxx11_abi())); print(torch.version.cuda or '')"
+  OUTPUT_VARIABLE _sy_torch_info RESULT_VARIABLE _sy_rc OUTPUT_STRIP_TRAILING_WHITESPACE)
+if(NOT _sy_rc EQUAL 0)
+  message(FATAL_ERROR "switchyard: cannot import torch with ${Python3_EXECUTABLE}. "
+                      "Run scripts/install-deps, or pass -DPython3_EXECUTABLE=<venv>/bin/python.")
+endif()
+string(REPLACE "\n" ";" _sy_torch_info "${_sy_torch_info}")
+list(GET _sy_torch_info 0 SY_TORCH_DIR)
+list(GET _sy_torch_info 1 SY_TORCH_VERSION)
+list(GET _sy_torch_info 2 SY_TORCH_CXX11_ABI)
+list(LENGTH _sy_torch_info _n)
+set(SY_TORCH_CUDA "")
+if(_n GREATER 3)
+  list(GET _sy_torch_info 3 SY_TORCH_CUDA)
+endif()
+if(SY_TORCH_VERSION VERSION_LESS 2.11)
+  message(FATAL_ERROR "switchyard needs torch >= 2.11 (found ${SY_TORCH_VERSION} in ${SY_TORCH_DIR})")
+endif()
+set(SY_TORCH_LIB_DIR ${SY_TORCH_DIR}/lib)
+
+function(sy_torch_library target)
+  add_library(${target} INTERFACE IMPORTED GLOBAL)
+  set(_libs)
+  foreach(name IN LISTS ARGN)
+    find_library(_lib_${name} NAMES ${name} PATHS ${SY_TORCH_LIB_DIR} NO_DEFAULT_PATH REQUIRED)
+    list(APPEND _libs ${_lib_${name}})
+  endforeach()
+  target_link_libraries(${target} INTERFACE ${_libs})
+endfunction()
+
+sy_torch_library(sy::torch c10 torch_cpu torch)
+target_include_directories(sy::torch SYSTEM INTERFACE
+    ${SY_TORCH_DIR}/include ${SY_TORCH_DIR}/include/torch/csrc/api/include)
+target_compile_definitions(sy::torch INTERFACE _GLIBCXX_USE_CXX11_ABI=${SY_TORCH_CXX11_ABI})
+sy_torch_library(sy::torch_python torch_python)
+target_link_libraries(sy::torch_python INTERFACE Python3::Module)
+target_compile_definitions(sy::torch_python INTERFACE TORCH_EXTENSION_NAME=_C)
+
+# Where the built libswitchyard and _C land: inside the Python package, so that
+# `import switchyard._C` works from the source tree (editable install) and from a wheel.
+set(SWITCHYARD_PACKAGE_DIR ${CMAKE_CURRENT_SOURCE_DIR}/python/switchyard CACHE PATH
+    "directory that receives libswitchyard.so and the _C extension")
+
+# --- MPI, yaml-cpp, GoogleTest -------------------------------------------------------------
+find_package(MPI REQUIRED COMPONENTS C)
+find_package(yaml-cpp REQUIRED)
+find_package(GTest REQUIRED)
+
+# --- CUDA (optional) ------------------------------------------------------------------------
+set(SWITCHYARD_CUDA AUTO CACHE STRING "build the CUDA kernels: AUTO (if nvcc is found), ON, OFF")
+set_property(CACHE SWITCHYARD_CUDA PROPERTY STRINGS AUTO ON OFF)
+set(SWITCHYARD_WITH_CUDA OFF)
+if(NOT SWITCHYARD_CUDA STREQUAL "OFF")
+  if(NOT CMAKE_CUDA_COMPILER AND EXISTS /usr/local/cuda/bin/nvcc)
+    set(CMAKE_CUDA_COMPILER /usr/local/cuda/bin/nvcc)
+  endif()
+  include(CheckLanguage)
+  check_language(CUDA)
+  if(CMAKE_CUDA_COMPILER AND SY_TORCH_CUDA)
+    # Data-centre GPUs we target: A100 (sm_80) and H100/H200 (sm_90). Never probed at
+    # build time: the build machines have no GPU.
+    if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES)
+      set(CMAKE_CUDA_ARCHITECTURES 80 90)
+    endif()
+    set(CMAKE_CUDA_STANDARD 17)
+    set(CMAKE_CUDA_RUNTIME_LIBRARY Shared)  # the same libcudart as torch, never a static copy
+    enable_language(CUDA)
+    find_package(CUDAToolkit REQUIRED)
+    set(SWITCHYARD_WITH_CUDA ON)
+    sy_torch_library(sy::torch_cuda c10_cuda torch_cuda)
+    target_link_libraries(sy::torch INTERFACE sy::torch_cuda CUDA::cudart)
+    target_compile_definitions(sy::torch INTERFACE SWITCHYARD_WITH_CUDA=1)
+    find_path(SY_NCCL_INCLUDE_DIR nccl.h HINTS ${CUDAToolkit_INCLUDE_DIRS})
+    message(STATUS "switchyard: nvcc ${CMAKE_CUDA_COMPILER_VERSION}, architectures "
+                   "${CMAKE_CUDA_ARCHITECTURES}, torch CUDA ${SY_TORCH_CUDA}, nccl.h in ${SY_NCCL_INCLUDE_DIR}")
+  elseif(SWITCHYARD_CUDA STREQUAL "ON")
+    if(CMAKE_CUDA_COMPILER)
+      set(_why "torch in ${SY_TORCH_DIR} is a CPU-only build")
+    else()
+      set(_why "no nvcc was found (install the CUDA toolkit in /usr/local/cuda)")
+    endif()
+    message(FATAL_ERROR "SWITCHYARD_CUDA=ON but ${_why}; or configure with -DSWITCHYARD_CUDA=AUTO")
+  endif()
+endif()
+
+# --- ccache for every compiler we use ------------------------------------------------------
+find_program(SY_CCACHE ccache)
+if(SY_CCACHE)
+  set(CMAKE_CXX_COMPILER_LAUNCHER ${SY_CCACHE})
+  set(CMAKE_CUDA_COMPILER_LAUNCHER ${SY_CCACHE})
+endif()

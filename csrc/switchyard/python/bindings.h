@@ -1,0 +1,11 @@
+// Each subsystem binds itself into the extension; module.cpp only assembles them.
+#pragma once
+
+#include <pybind11/pybind11.h>
+
+namespace switchyard::python {
+
+void bind_runtime(pybind11::module_& m);
+void bind_config(pybind11::module_& m);
+
+}  // namespace switchyard::python
