@@ -38,13 +38,14 @@ TORCH_LIBRARY(switchyard, m) {
       "bool renormalize, float scaling_factor) -> Tensor");
 
   // Expert-choice routing (Zhou et al. 2022): each expert takes its top-C tokens by score,
-  // C = min(T, ceil(capacity_factor * T * k / E)). Returns token_index, expert_index,
-  // weights [E*C] grouped by expert with ascending tokens inside an expert, expert_counts
-  // [E], and num_unrouted_tokens [] (tokens no expert chose).
+  // C = min(T, ceil(capacity_factor * T * k / E)). Returns weights [E*C] (the scores; float,
+  // f64 for f64 logits; first, like route_topk's), token_index and expert_index [E*C]
+  // grouped by expert with ascending tokens inside an expert, expert_counts [E], and
+  // num_unrouted_tokens [] (tokens no expert chose).
   m.def(
       "route_expert_choice(Tensor logits, float capacity_factor, int k=1, *, "
-      "str score_func=\"softmax\") -> (Tensor token_index, Tensor expert_index, "
-      "Tensor weights, Tensor expert_counts, Tensor num_unrouted_tokens)");
+      "str score_func=\"softmax\") -> (Tensor weights, Tensor token_index, "
+      "Tensor expert_index, Tensor expert_counts, Tensor num_unrouted_tokens)");
   m.def(
       "route_expert_choice_backward(Tensor grad_weights, Tensor logits, Tensor token_index, "
       "Tensor expert_index, str score_func) -> Tensor");

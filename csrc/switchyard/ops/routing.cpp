@@ -1,0 +1,67 @@
+// The C++ API of the routing operators (routing.h), and the helpers the routing operators'
+// implementations share (routing_internal.h).
+#include "switchyard/ops/routing.h"
+
+#include <ATen/ATen.h>
+
+#include "switchyard/ops/routing_internal.h"
+
+namespace switchyard::ops {
+
+namespace detail {
+
+int64_t check_logits(const char* op, const at::Tensor& logits) {
+  TORCH_CHECK(logits.dim() == 2, op,
+              ": logits must be a 2-D tensor [num_tokens, num_experts], got shape ",
+              logits.sym_sizes());
+  const auto dtype = logits.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16 ||
+                  dtype == at::kHalf,
+              op, ": logits must be float32, float64, bfloat16 or float16, got ", dtype);
+  const int64_t E = logits.sym_size(1).guard_int(__FILE__, __LINE__);
+  TORCH_CHECK(E >= 1, op, ": logits must have at least one expert (column), got shape ",
+              logits.sym_sizes());
+  return E;
+}
+
+kernels::LogitsType logits_type(const at::Tensor& logits) {
+  switch (logits.scalar_type()) {
+    case at::kFloat: return kernels::LogitsType::kFloat32;
+    case at::kDouble: return kernels::LogitsType::kFloat64;
+    case at::kBFloat16: return kernels::LogitsType::kBFloat16;
+    case at::kHalf: return kernels::LogitsType::kFloat16;
+    default: TORCH_INTERNAL_ASSERT(false, "unchecked logits dtype ", logits.scalar_type());
+  }
+}
+
+at::ScalarType weight_dtype(const at::Tensor& logits) {
+  return logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+kernels::ScoreFunc parse_score_func(const char* op, c10::string_view score_func) {
+  if (score_func == "softmax") return kernels::ScoreFunc::kSoftmax;
+  if (score_func == "sigmoid") return kernels::ScoreFunc::kSigmoid;
+  TORCH_CHECK(false, op, ": score_func must be one of 'softmax', 'sigmoid', got '", score_func,
+              "'");
+}
+
+}  // namespace detail
+
+Routing route_topk(const at::Tensor& logits_TE, int64_t k, const RouteTopkOptions& o) {
+  auto [topk_weights, topk_experts, token_index, expert_index, slot_index, slot_weights,
+        expert_counts, expert_load, num_dropped] =
+      detail::call_route_topk(logits_TE, k, o.score_func, o.renormalize, o.scaling_factor,
+                              o.selection_bias, o.num_groups, o.topk_groups, o.group_score,
+                              o.num_routed_experts, o.capacity_factor, o.drop_policy);
+  return Routing{topk_weights, topk_experts, token_index,   expert_index, slot_index,
+                 slot_weights, expert_counts, expert_load, num_dropped};
+}
+
+ExpertChoiceRouting route_expert_choice(const at::Tensor& logits_TE, double capacity_factor,
+                                        int64_t k, const std::string& score_func) {
+  auto [weights, token_index, expert_index, expert_counts, num_unrouted] =
+      detail::call_route_expert_choice(logits_TE, capacity_factor, k, score_func);
+  return ExpertChoiceRouting{weights, token_index, expert_index, expert_counts, num_unrouted};
+}
+
+}  // namespace switchyard::ops

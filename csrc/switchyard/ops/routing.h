@@ -1,0 +1,68 @@
+// C++ API of the routing operators: top-k routing (with its variants: aux-loss-free bias,
+// group-limited routing, AdaMoE null / MoE++ zero-computation experts, capacity limits) and
+// expert-choice routing.
+//
+// Each function calls its torch.ops.switchyard.* operator through the dispatcher, so a C++
+// caller gets what Python gets: CPU/CUDA dispatch, autograd (the weights are
+// differentiable w.r.t. the logits), fake tensors. docs/routing.md states the semantics.
+//
+// Shape legend: T tokens, E router outputs (experts), E_r routed experts (the first E_r;
+// the others are local), K top-k, S = T*K slots, C expert-choice capacity.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+#include <string>
+
+namespace switchyard::ops {
+
+// The result of route_topk. The grouped arrays list every slot: first the kept routed slots
+// sorted by (expert, token), expert e's block holding expert_counts[e] slots, then the tail
+// (dropped slots and slots of local experts, expert_index -1) in ascending slot order.
+struct Routing {
+  at::Tensor topk_weights;   // [T,K] float32 (float64 for float64 logits); 0 where dropped
+  at::Tensor topk_experts;   // [T,K] int64, best first
+  at::Tensor token_index;    // [S] int64, grouped order
+  at::Tensor expert_index;   // [S] int64, -1 in the tail
+  at::Tensor slot_index;     // [S] int64, t*K + j of each grouped slot
+  at::Tensor slot_weights;   // [S] like topk_weights, 0 in the tail
+  at::Tensor expert_counts;  // [E_r] int64, kept slots per routed expert
+  at::Tensor expert_load;    // [E] int64, selections per expert before the capacity limit
+  at::Tensor num_dropped;    // [] int64, slots dropped by the capacity limit
+};
+
+struct RouteTopkOptions {
+  std::string score_func = "softmax";  // "softmax" or "sigmoid"
+  bool renormalize = true;             // weights / sum of the selected scores
+  double scaling_factor = 1.0;         // multiplies every weight
+  std::optional<at::Tensor> selection_bias;  // [E]: changes the choice, not the weights
+  int64_t num_groups = 1;              // expert groups (of the routed experts)
+  int64_t topk_groups = 0;             // groups a token may use (0 = all)
+  std::string group_score = "max";     // "max", "top2_sum" or "balanced"
+  int64_t num_routed_experts = -1;     // E_r (-1 = E)
+  double capacity_factor = 0.0;        // C = ceil(factor * T * K / E_r); 0 = unlimited
+  std::string drop_policy = "position";  // "position" or "score"
+};
+
+// Top-k routing of logits_TE [T,E] (float32, float64, bfloat16 or float16).
+Routing route_topk(const at::Tensor& logits_TE, int64_t k,
+                   const RouteTopkOptions& options = RouteTopkOptions());
+
+// The result of route_expert_choice: E*C entries grouped by expert, tokens ascending
+// within an expert.
+struct ExpertChoiceRouting {
+  at::Tensor weights;              // [E*C] float32 (float64 for float64 logits): the score
+  at::Tensor token_index;          // [E*C] int64
+  at::Tensor expert_index;         // [E*C] int64
+  at::Tensor expert_counts;        // [E] int64, all C
+  at::Tensor num_unrouted_tokens;  // [] int64, tokens no expert chose
+};
+
+// Expert-choice routing: each expert takes its top-C tokens by score,
+// C = min(T, ceil(capacity_factor * T * k / E)).
+ExpertChoiceRouting route_expert_choice(const at::Tensor& logits_TE, double capacity_factor,
+                                        int64_t k = 1,
+                                        const std::string& score_func = "softmax");
+
+}  // namespace switchyard::ops
