@@ -92,6 +92,27 @@ RouteExpertChoiceOutputs call_route_expert_choice(const at::Tensor& logits,
   return op.call(logits, capacity_factor, k, score_func);
 }
 
+ExpertChoiceBackwardCall prepare_route_expert_choice_backward(const at::Tensor& grad_weights,
+                                                              const at::Tensor& logits,
+                                                              const at::Tensor& token_index,
+                                                              const at::Tensor& expert_index,
+                                                              c10::string_view score_func) {
+  check_route_expert_choice_backward(grad_weights, logits, token_index, expert_index);
+  ExpertChoiceBackwardCall call;
+  call.logits = logits.contiguous();
+  const auto acc = weight_dtype(call.logits);
+  call.grad_weights = grad_weights.to(acc).contiguous();
+  call.token_index = token_index.contiguous();
+  call.expert_index = expert_index.contiguous();
+  call.grad = at::empty(call.logits.sizes(), call.logits.options().dtype(acc));
+  kernels::ExpertChoiceParams& p = call.params;
+  p.num_tokens = call.logits.size(0);
+  p.num_experts = call.logits.size(1);
+  p.capacity = call.token_index.size(0) / p.num_experts;
+  p.score_func = parse_score_func("route_expert_choice_backward", score_func);
+  return call;
+}
+
 }  // namespace detail
 
 namespace {
@@ -126,27 +147,18 @@ RouteExpertChoiceOutputs route_expert_choice_meta(const at::Tensor& logits,
 }
 
 at::Tensor route_expert_choice_backward_cpu(const at::Tensor& grad_weights,
-                                            const at::Tensor& logits_in,
+                                            const at::Tensor& logits,
                                             const at::Tensor& token_index,
                                             const at::Tensor& expert_index,
                                             c10::string_view score_func) {
-  detail::check_route_expert_choice_backward(grad_weights, logits_in, token_index, expert_index);
-  const at::Tensor logits = logits_in.contiguous();
-  const auto acc = detail::weight_dtype(logits);
-  const at::Tensor g = grad_weights.to(acc).contiguous();
-  const at::Tensor tokens = token_index.contiguous();
-  const at::Tensor experts = expert_index.contiguous();
-  at::Tensor grad = at::empty(logits.sizes(), logits.options().dtype(acc));
-  kernels::ExpertChoiceParams p;
-  p.num_tokens = logits.size(0);
-  p.num_experts = logits.size(1);
-  p.capacity = tokens.size(0) / p.num_experts;
-  p.score_func = detail::parse_score_func("route_expert_choice_backward", score_func);
-  p.num_threads = at::get_num_threads();
-  kernels::expert_choice_backward_cpu(logits.data_ptr(), detail::logits_type(logits),
-                                      g.data_ptr(), tokens.data_ptr<int64_t>(),
-                                      experts.data_ptr<int64_t>(), p, grad.data_ptr());
-  return grad.to(logits.scalar_type());
+  detail::ExpertChoiceBackwardCall call = detail::prepare_route_expert_choice_backward(
+      grad_weights, logits, token_index, expert_index, score_func);
+  call.params.num_threads = at::get_num_threads();
+  kernels::expert_choice_backward_cpu(
+      call.logits.data_ptr(), detail::logits_type(call.logits), call.grad_weights.data_ptr(),
+      call.token_index.data_ptr<int64_t>(), call.expert_index.data_ptr<int64_t>(), call.params,
+      call.grad.data_ptr());
+  return call.grad.to(logits.scalar_type());
 }
 
 at::Tensor route_expert_choice_backward_meta(const at::Tensor& grad_weights,

@@ -43,28 +43,18 @@ RouteExpertChoiceOutputs route_expert_choice_cuda(const at::Tensor& logits_in,
 }
 
 at::Tensor route_expert_choice_backward_cuda(const at::Tensor& grad_weights,
-                                             const at::Tensor& logits_in,
+                                             const at::Tensor& logits,
                                              const at::Tensor& token_index,
                                              const at::Tensor& expert_index,
                                              c10::string_view score_func) {
-  detail::check_route_expert_choice_backward(grad_weights, logits_in, token_index, expert_index);
-  const c10::cuda::CUDAGuard guard(logits_in.device());
-  const at::Tensor logits = logits_in.contiguous();
-  const auto acc = detail::weight_dtype(logits);
-  const at::Tensor g = grad_weights.to(acc).contiguous();
-  const at::Tensor tokens = token_index.contiguous();
-  const at::Tensor experts = expert_index.contiguous();
-  at::Tensor grad = at::empty(logits.sizes(), logits.options().dtype(acc));
-  kernels::ExpertChoiceParams p;
-  p.num_tokens = logits.size(0);
-  p.num_experts = logits.size(1);
-  p.capacity = tokens.size(0) / p.num_experts;
-  p.score_func = detail::parse_score_func("route_expert_choice_backward", score_func);
-  kernels::expert_choice_backward_cuda(logits.data_ptr(), detail::logits_type(logits),
-                                       g.data_ptr(), tokens.data_ptr<int64_t>(),
-                                       experts.data_ptr<int64_t>(), p, grad.data_ptr(),
-                                       at::cuda::getCurrentCUDAStream());
-  return grad.to(logits.scalar_type());
+  const c10::cuda::CUDAGuard guard(logits.device());
+  detail::ExpertChoiceBackwardCall call = detail::prepare_route_expert_choice_backward(
+      grad_weights, logits, token_index, expert_index, score_func);
+  kernels::expert_choice_backward_cuda(
+      call.logits.data_ptr(), detail::logits_type(call.logits), call.grad_weights.data_ptr(),
+      call.token_index.data_ptr<int64_t>(), call.expert_index.data_ptr<int64_t>(), call.params,
+      call.grad.data_ptr(), at::cuda::getCurrentCUDAStream());
+  return call.grad.to(logits.scalar_type());
 }
 
 }  // namespace

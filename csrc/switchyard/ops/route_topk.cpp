@@ -226,6 +226,40 @@ RouteTopkOutputs call_route_topk(const at::Tensor& logits, int64_t k, c10::strin
                  topk_groups, group_score, num_routed_experts, capacity_factor, drop_policy);
 }
 
+TopkBackwardCall prepare_route_topk_backward(
+    const at::Tensor& grad_topk_weights, const at::Tensor& grad_slot_weights,
+    const at::Tensor& logits, const at::Tensor& topk_experts, const at::Tensor& slot_index,
+    const at::Tensor& expert_counts, int64_t k, c10::string_view score_func, bool renormalize,
+    double scaling_factor) {
+  const int64_t Er = check_route_topk_backward(grad_topk_weights, grad_slot_weights, logits,
+                                               topk_experts, slot_index, expert_counts, k);
+  TopkBackwardCall call;
+  call.logits = logits.contiguous();
+  const auto acc = weight_dtype(call.logits);
+  call.grad_topk_weights = grad_topk_weights.to(acc).contiguous();
+  call.grad_slot_weights = grad_slot_weights.to(acc).contiguous();
+  call.topk_experts = topk_experts.contiguous();
+  call.slot_index = slot_index.contiguous();
+  call.expert_counts = expert_counts.contiguous();
+  call.grad = at::empty(call.logits.sizes(), call.logits.options().dtype(acc));
+
+  kernels::TopkBackwardParams& p = call.params;
+  p.num_tokens = call.logits.size(0);
+  p.num_experts = call.logits.size(1);
+  p.k = k;
+  p.num_routed_experts = Er;
+  p.score_func = parse_score_func("route_topk_backward", score_func);
+  p.renormalize = renormalize;
+  p.scaling_factor = scaling_factor;
+  kernels::TopkBackwardInputs& in = call.inputs;
+  in.grad_topk_weights = call.grad_topk_weights.data_ptr();
+  in.grad_slot_weights = call.grad_slot_weights.data_ptr();
+  in.topk_experts = call.topk_experts.data_ptr<int64_t>();
+  in.slot_index = call.slot_index.data_ptr<int64_t>();
+  in.expert_counts = call.expert_counts.data_ptr<int64_t>();
+  return call;
+}
+
 }  // namespace detail
 
 namespace {
@@ -266,41 +300,18 @@ RouteTopkOutputs route_topk_meta(const at::Tensor& logits, int64_t k,
 }
 
 at::Tensor route_topk_backward_cpu(const at::Tensor& grad_topk_weights,
-                                   const at::Tensor& grad_slot_weights, const at::Tensor& logits_in,
+                                   const at::Tensor& grad_slot_weights, const at::Tensor& logits,
                                    const at::Tensor& topk_experts, const at::Tensor& slot_index,
                                    const at::Tensor& expert_counts, int64_t k,
                                    c10::string_view score_func, bool renormalize,
                                    double scaling_factor) {
-  const int64_t Er = detail::check_route_topk_backward(grad_topk_weights, grad_slot_weights,
-                                                       logits_in, topk_experts, slot_index,
-                                                       expert_counts, k);
-  const at::Tensor logits = logits_in.contiguous();
-  const auto acc = detail::weight_dtype(logits);
-  const at::Tensor g_topk = grad_topk_weights.to(acc).contiguous();
-  const at::Tensor g_slot = grad_slot_weights.to(acc).contiguous();
-  const at::Tensor experts = topk_experts.contiguous();
-  const at::Tensor slots = slot_index.contiguous();
-  const at::Tensor counts = expert_counts.contiguous();
-  at::Tensor grad = at::empty(logits.sizes(), logits.options().dtype(acc));
-
-  kernels::TopkBackwardParams p;
-  p.num_tokens = logits.size(0);
-  p.num_experts = logits.size(1);
-  p.k = k;
-  p.num_routed_experts = Er;
-  p.score_func = detail::parse_score_func("route_topk_backward", score_func);
-  p.renormalize = renormalize;
-  p.scaling_factor = scaling_factor;
-  p.num_threads = at::get_num_threads();
-  kernels::TopkBackwardInputs in;
-  in.grad_topk_weights = g_topk.data_ptr();
-  in.grad_slot_weights = g_slot.data_ptr();
-  in.topk_experts = experts.data_ptr<int64_t>();
-  in.slot_index = slots.data_ptr<int64_t>();
-  in.expert_counts = counts.data_ptr<int64_t>();
-  kernels::topk_router_backward_cpu(logits.data_ptr(), detail::logits_type(logits), in, p,
-                                    grad.data_ptr());
-  return grad.to(logits.scalar_type());
+  detail::TopkBackwardCall call = detail::prepare_route_topk_backward(
+      grad_topk_weights, grad_slot_weights, logits, topk_experts, slot_index, expert_counts, k,
+      score_func, renormalize, scaling_factor);
+  call.params.num_threads = at::get_num_threads();
+  kernels::topk_router_backward_cpu(call.logits.data_ptr(), detail::logits_type(call.logits),
+                                    call.inputs, call.params, call.grad.data_ptr());
+  return call.grad.to(logits.scalar_type());
 }
 
 at::Tensor route_topk_backward_meta(const at::Tensor& grad_topk_weights,

@@ -47,45 +47,22 @@ RouteTopkOutputs route_topk_cuda(const at::Tensor& logits_in, int64_t k,
 }
 
 at::Tensor route_topk_backward_cuda(const at::Tensor& grad_topk_weights,
-                                    const at::Tensor& grad_slot_weights,
-                                    const at::Tensor& logits_in, const at::Tensor& topk_experts,
-                                    const at::Tensor& slot_index,
+                                    const at::Tensor& grad_slot_weights, const at::Tensor& logits,
+                                    const at::Tensor& topk_experts, const at::Tensor& slot_index,
                                     const at::Tensor& expert_counts, int64_t k,
                                     c10::string_view score_func, bool renormalize,
                                     double scaling_factor) {
-  const int64_t Er = detail::check_route_topk_backward(grad_topk_weights, grad_slot_weights,
-                                                       logits_in, topk_experts, slot_index,
-                                                       expert_counts, k);
-  const c10::cuda::CUDAGuard guard(logits_in.device());
-  const at::Tensor logits = logits_in.contiguous();
-  const auto acc = detail::weight_dtype(logits);
-  const at::Tensor g_topk = grad_topk_weights.to(acc).contiguous();
-  const at::Tensor g_slot = grad_slot_weights.to(acc).contiguous();
-  const at::Tensor experts = topk_experts.contiguous();
-  const at::Tensor slots = slot_index.contiguous();
-  const at::Tensor counts = expert_counts.contiguous();
-  at::Tensor grad = at::empty(logits.sizes(), logits.options().dtype(acc));
-
-  kernels::TopkBackwardParams p;
-  p.num_tokens = logits.size(0);
-  p.num_experts = logits.size(1);
-  p.k = k;
-  p.num_routed_experts = Er;
-  p.score_func = detail::parse_score_func("route_topk_backward", score_func);
-  p.renormalize = renormalize;
-  p.scaling_factor = scaling_factor;
-  kernels::TopkBackwardInputs in;
-  in.grad_topk_weights = g_topk.data_ptr();
-  in.grad_slot_weights = g_slot.data_ptr();
-  in.topk_experts = experts.data_ptr<int64_t>();
-  in.slot_index = slots.data_ptr<int64_t>();
-  in.expert_counts = counts.data_ptr<int64_t>();
-  const auto type = detail::logits_type(logits);
-  const size_t bytes = kernels::topk_router_backward_cuda_workspace_bytes(type, p);
-  const at::Tensor ws = workspace(logits, bytes);
-  kernels::topk_router_backward_cuda(logits.data_ptr(), type, in, p, grad.data_ptr(),
-                                     ws.data_ptr(), bytes, at::cuda::getCurrentCUDAStream());
-  return grad.to(logits.scalar_type());
+  const c10::cuda::CUDAGuard guard(logits.device());
+  detail::TopkBackwardCall call = detail::prepare_route_topk_backward(
+      grad_topk_weights, grad_slot_weights, logits, topk_experts, slot_index, expert_counts, k,
+      score_func, renormalize, scaling_factor);
+  const auto type = detail::logits_type(call.logits);
+  const size_t bytes = kernels::topk_router_backward_cuda_workspace_bytes(type, call.params);
+  const at::Tensor ws = workspace(call.logits, bytes);
+  kernels::topk_router_backward_cuda(call.logits.data_ptr(), type, call.inputs, call.params,
+                                     call.grad.data_ptr(), ws.data_ptr(), bytes,
+                                     at::cuda::getCurrentCUDAStream());
+  return call.grad.to(logits.scalar_type());
 }
 
 }  // namespace

@@ -81,6 +81,22 @@ int64_t check_route_topk_backward(const at::Tensor& grad_topk_weights,
                                   const at::Tensor& topk_experts, const at::Tensor& slot_index,
                                   const at::Tensor& expert_counts, int64_t k);
 
+// Everything a route_topk_backward kernel launch needs, checked and made contiguous in the
+// accumulation dtype. The tensors keep the raw pointers in `inputs` alive. Shared by the
+// CPU and CUDA implementations so that they differ only in the launcher they call.
+struct TopkBackwardCall {
+  at::Tensor logits, grad_topk_weights, grad_slot_weights, topk_experts, slot_index,
+      expert_counts;
+  at::Tensor grad;  // [T,E] in the accumulation dtype, written by the kernel
+  kernels::TopkBackwardParams params;
+  kernels::TopkBackwardInputs inputs;
+};
+TopkBackwardCall prepare_route_topk_backward(
+    const at::Tensor& grad_topk_weights, const at::Tensor& grad_slot_weights,
+    const at::Tensor& logits, const at::Tensor& topk_experts, const at::Tensor& slot_index,
+    const at::Tensor& expert_counts, int64_t k, c10::string_view score_func, bool renormalize,
+    double scaling_factor);
+
 // ---- route_expert_choice -----------------------------------------------------------------
 
 using RouteExpertChoiceOutputs =
@@ -113,5 +129,17 @@ RouteExpertChoiceOutputs call_route_expert_choice(const at::Tensor& logits,
 void check_route_expert_choice_backward(const at::Tensor& grad_weights, const at::Tensor& logits,
                                         const at::Tensor& token_index,
                                         const at::Tensor& expert_index);
+
+// The route_expert_choice_backward counterpart of TopkBackwardCall.
+struct ExpertChoiceBackwardCall {
+  at::Tensor logits, grad_weights, token_index, expert_index;
+  at::Tensor grad;  // [T,E] in the accumulation dtype, written by the kernel
+  kernels::ExpertChoiceParams params;
+};
+ExpertChoiceBackwardCall prepare_route_expert_choice_backward(const at::Tensor& grad_weights,
+                                                              const at::Tensor& logits,
+                                                              const at::Tensor& token_index,
+                                                              const at::Tensor& expert_index,
+                                                              c10::string_view score_func);
 
 }  // namespace switchyard::ops::detail
