@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import find_packages, setup
 from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
@@ -32,7 +32,7 @@ setup(
     name="switchyard",
     version="0.1.0",
     description="Distributed Mixture-of-Experts training in C++/CUDA",
-    packages=["switchyard", "switchyard.ops"],
+    packages=find_packages(where="python"),
     package_dir={"": "python"},
     package_data={"switchyard": ["_C*.so", "libswitchyard.so"]},
     python_requires=">=3.10",
