@@ -12,6 +12,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <algorithm>
 #include <optional>
 #include <string>
 
@@ -30,6 +31,17 @@ struct Routing {
   at::Tensor expert_counts;  // [E_r] int64, kept slots per routed expert
   at::Tensor expert_load;    // [E] int64, selections per expert before the capacity limit
   at::Tensor num_dropped;    // [] int64, slots dropped by the capacity limit
+
+  // Mean number of routed (real) experts a token selected, before the capacity limit: K
+  // minus the slots that went to local experts (AdaMoE null experts, MoE++
+  // zero-computation experts). A [] float64 tensor on the logits' device; no host sync.
+  at::Tensor real_experts_per_token() const {
+    const int64_t num_tokens = topk_experts.size(0);
+    return expert_load.narrow(0, 0, expert_counts.size(0))
+        .sum()
+        .to(at::kDouble)
+        .div(static_cast<double>(std::max<int64_t>(num_tokens, 1)));
+  }
 };
 
 struct RouteTopkOptions {

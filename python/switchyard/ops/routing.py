@@ -39,6 +39,17 @@ class Routing(NamedTuple):
     expert_load: torch.Tensor  #: [E] int64, selections per expert before the capacity limit
     num_dropped: torch.Tensor  #: [] int64, slots dropped by the capacity limit
 
+    def real_experts_per_token(self) -> torch.Tensor:
+        """Mean number of routed (real) experts a token selected, before the capacity limit.
+
+        ``K`` minus the slots that went to local experts (AdaMoE null experts, MoE++
+        zero-computation experts): AdaMoE's measure of adaptive computation. A 0-dim
+        float64 tensor on the logits' device (no host synchronisation).
+        """
+        num_tokens = max(self.topk_experts.shape[0], 1)
+        routed = self.expert_counts.numel()
+        return self.expert_load[:routed].sum().to(torch.float64) / num_tokens
+
 
 class ExpertChoiceRouting(NamedTuple):
     """Result of :func:`route_expert_choice`: E*C entries grouped by expert, tokens

@@ -84,3 +84,13 @@ TEST(RoutingApi, BadArgumentsThrow) {
   EXPECT_THROW(sy::route_topk(logits, 2, o), c10::Error);
   EXPECT_THROW(sy::route_expert_choice(logits, 0.0), c10::Error);
 }
+
+TEST(RoutingApi, RealExpertsPerTokenCountsOnlyRoutedExperts) {
+  // Expert 3 is a local (null) expert: token 0 picks {3, 1}, token 1 picks {0, 1}.
+  const auto logits = torch::tensor({0.0, 1.0, 0.5, 4.0, 3.0, 0.0, 0.0, 0.0}).view({2, 4});
+  sy::RouteTopkOptions options;
+  options.num_routed_experts = 3;
+  const sy::Routing r = sy::route_topk(logits, 2, options);
+  EXPECT_DOUBLE_EQ(r.real_experts_per_token().item<double>(), 1.5);
+  EXPECT_EQ(r.expert_counts.sum().item<int64_t>(), 3);
+}
