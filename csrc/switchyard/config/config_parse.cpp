@@ -59,19 +59,10 @@ std::string describe_node(const YAML::Node& n) {
 
 enum class Parsed { Ok, Invalid, OutOfRange };
 
-Parsed parse_int(std::string_view s, int64_t& out) {
-  if (!s.empty() && s[0] == '+') {
-    s.remove_prefix(1);
-    if (!s.empty() && s[0] == '-') return Parsed::Invalid;
-  }
-  if (s.empty()) return Parsed::Invalid;
-  auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), out);
-  if (end != s.data() + s.size()) return Parsed::Invalid;
-  if (ec == std::errc::result_out_of_range) return Parsed::OutOfRange;
-  return ec == std::errc() ? Parsed::Ok : Parsed::Invalid;
-}
-
-Parsed parse_float(std::string_view s, double& out) {
+// Parses the whole of s as an int64_t or a double (std::from_chars: locale-free, exact).
+// A leading '+' is accepted, as YAML allows; "+-1" is not.
+template <typename Number>
+Parsed parse_number(std::string_view s, Number& out) {
   if (!s.empty() && s[0] == '+') {
     s.remove_prefix(1);
     if (!s.empty() && s[0] == '-') return Parsed::Invalid;
@@ -98,13 +89,13 @@ void assign(Config& cfg, const FieldInfo& field, const YAML::Node& v, const Orig
     const std::string& text = scalar_or_fail(v, at, key, "an integer");
     if (is_quoted(v)) fail(at, key, "expected an integer, got the string " + quote(text));
     int64_t x = 0;
-    switch (parse_int(text, x)) {
+    switch (parse_number(text, x)) {
       case Parsed::Ok: **p = x; return;
       case Parsed::OutOfRange: fail(at, key, "integer " + text + " is out of range (64-bit)");
       case Parsed::Invalid: break;
     }
     double d = 0;
-    if (parse_float(text, d) != Parsed::Invalid) {
+    if (parse_number(text, d) != Parsed::Invalid) {
       fail(at, key, "expected an integer, got the floating-point number " + text);
     }
     fail(at, key, "expected an integer, got " + quote(text));
@@ -114,7 +105,7 @@ void assign(Config& cfg, const FieldInfo& field, const YAML::Node& v, const Orig
     const std::string& text = scalar_or_fail(v, at, key, "a number");
     if (is_quoted(v)) fail(at, key, "expected a number, got the string " + quote(text));
     double x = 0;
-    switch (parse_float(text, x)) {
+    switch (parse_number(text, x)) {
       case Parsed::Ok:
         if (!std::isfinite(x)) fail(at, key, "expected a finite number, got " + text);
         **p = x;
