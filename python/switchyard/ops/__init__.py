@@ -6,7 +6,8 @@ CUDA kernels, autograd in C++); see docs/routing.md and docs/losses.md.
 
 from .routing import *  # noqa: F401,F403
 from .losses import *  # noqa: F401,F403
+from .router import *  # noqa: F401,F403
 from .zero_compute import *  # noqa: F401,F403
-from . import routing as _routing, losses as _losses, zero_compute as _zero_compute
+from . import routing as _routing, losses as _losses, router as _router, zero_compute as _zero_compute
 
-__all__ = [*_routing.__all__, *_losses.__all__, *_zero_compute.__all__]
+__all__ = [*_routing.__all__, *_losses.__all__, *_router.__all__, *_zero_compute.__all__]
