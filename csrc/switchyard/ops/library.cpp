@@ -61,6 +61,34 @@ TORCH_LIBRARY(switchyard, m) {
   // Auxiliary-loss-free balancing (DeepSeek-V3): bias += rate * sign(mean(load) - load).
   m.def("update_expert_bias_(Tensor(a!) bias, Tensor expert_load, float update_rate) -> ()");
 
+  // ---- token permutation (kernels/permute) ---------------------------------------------
+  // permute_tokens gathers token rows into the grouped order of a routing: row i of the
+  // result is x[token_index[i]] where expert_index[i] >= 0 and zeros where it is -1 (the
+  // tail of dropped / local slots). x [T,d], token_index and expert_index [S] int64 -> [S,d].
+  m.def("permute_tokens(Tensor x, Tensor token_index, Tensor expert_index) -> Tensor");
+  // unpermute_tokens is the inverse with the combine weights: y[t] = sum of
+  // weights[i] * rows[i] over the grouped rows i of token t (expert_index[i] >= 0), summed
+  // in ascending i (deterministic; no atomics). weights None means 1. rows [S,d] -> [T,d].
+  m.def(
+      "unpermute_tokens(Tensor rows, Tensor token_index, Tensor expert_index, Tensor? weights, "
+      "SymInt num_tokens) -> Tensor");
+  // The fused backward of unpermute_tokens: grad_rows[i] = weights[i] * grad_y[token_index[i]]
+  // and grad_weights[i] = <rows[i], grad_y[token_index[i]]> (0 in the tail), in one pass.
+  m.def(
+      "unpermute_tokens_backward(Tensor grad_y, Tensor rows, Tensor token_index, "
+      "Tensor expert_index, Tensor? weights, bool rows_grad, bool weights_grad) -> "
+      "(Tensor grad_rows, Tensor grad_weights)");
+
+  // ---- grouped matrix products (the experts' feed-forward) -----------------------------
+  // Rows of a [N,k] grouped by expert: expert e owns counts[e] consecutive rows, in expert
+  // order, the first sum(counts) rows; the remaining rows are ignored and come out 0.
+  //   grouped_mm:             out[rows of e] = a[rows of e] @ b[e]   b [E,k,n] -> [N,n]
+  //                           (trans_b: b is [E,n,k] and b[e]^T is used)
+  //   grouped_mm_weight_grad: out[e] = a[rows of e]^T @ g[rows of e]  -> [E,k,n]
+  //                           (0 for an expert without rows)
+  m.def("grouped_mm(Tensor a, Tensor b, Tensor counts, *, bool trans_b=False) -> Tensor");
+  m.def("grouped_mm_weight_grad(Tensor a, Tensor grad_out, Tensor counts) -> Tensor");
+
   // ---- router and zero-computation experts (CompositeImplicitAutograd) ----------------
   // router_jitter draws noise from torch's default generator (seeded: torch.manual_seed).
   m.def("router_jitter(Tensor x, float eps) -> Tensor", {at::Tag::nondeterministic_seeded});
