@@ -6,4 +6,5 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "switchyard C++ core: runtime, configuration and operators";
   switchyard::python::bind_runtime(m);
   switchyard::python::bind_config(m);
+  switchyard::python::bind_comm(m);
 }
