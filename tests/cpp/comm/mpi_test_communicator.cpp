@@ -187,6 +187,32 @@ TEST(Communicator, NonBlockingFormsOverlapAndComplete) {
   EXPECT_FALSE(bar->result().defined());
 }
 
+// Note [Staging buffer reuse]: 16-bit reductions in flight together each get their own
+// float32 buffer; later ones reuse the cached one.
+TEST(Communicator, StagedReductionsInFlightTogether) {
+  const int r = world().rank();
+  std::vector<at::Tensor> tensors;
+  std::vector<sc::WorkHandle> works;
+  for (int i = 0; i < 3; ++i) {
+    tensors.push_back(st::rank_values(r + i, {64 + i}, i == 1 ? at::kHalf : at::kBFloat16));
+    works.push_back(world().all_reduce_async(tensors.back(), ReduceOp::kSum));
+  }
+  auto rs = world().reduce_scatter_async(st::rank_values(r, {4, 3}, at::kBFloat16), ReduceOp::kSum);
+  for (auto it = works.rbegin(); it != works.rend(); ++it) (*it)->wait();
+  rs->wait();
+  for (int i = 0; i < 3; ++i) {
+    const at::Tensor expected = st::rank_values(i, {64 + i}, at::kDouble) + st::rank_values(1 + i, {64 + i}, at::kDouble);
+    EXPECT_TRUE(torch::equal(tensors[i], expected.to(tensors[i].scalar_type()))) << i;
+  }
+  EXPECT_TRUE(torch::equal(rs->result(), reduced(2, {4, 3}, ReduceOp::kSum).slice(0, 2 * r, 2 * r + 2).to(at::kBFloat16)));
+  // Sequential calls of growing and shrinking sizes through the cached buffer.
+  for (const int64_t n : {10, 1000, 3, 1000}) {
+    at::Tensor t = st::rank_values(r, {n}, at::kBFloat16);
+    world().all_reduce(t, ReduceOp::kAvg);
+    EXPECT_TRUE(torch::equal(t, reduced(2, {n}, ReduceOp::kAvg).to(at::kBFloat16))) << n;
+  }
+}
+
 TEST(Communicator, PollingUntilComplete) {
   at::Tensor t = torch::ones({1000});
   auto w = world().all_reduce_async(t);
