@@ -32,7 +32,8 @@ struct ProcessGroups {
   int64_t data_parallel_size = 1;    // DP, resolved
 
   // Collective over `world`. Validates the parallel section against world.size() (throws
-  // switchyard::Error naming the key otherwise) and applies parallel.backend to every group.
+  // switchyard::Error naming the key otherwise) and applies parallel.backend to the three
+  // derived groups (`world` keeps its own choice: it is the caller's communicator).
   static ProcessGroups create(const config::Config& config, const Communicator& world);
 };
 
