@@ -31,8 +31,9 @@ from .nn._cpp_module import adopt_children
 ExpertPlacement = _C.dispatch.ExpertPlacement
 ExpertParallel = _C.dispatch.ExpertParallel
 check_same_config = _C.dispatch.check_same_config
+TokenDispatcher = _C.dispatch.TokenDispatcher
 
-__all__ = ["ExpertPlacement", "ExpertParallel", "check_same_config", "distribute",
+__all__ = ["ExpertPlacement", "ExpertParallel", "TokenDispatcher", "check_same_config", "distribute",
            "load_global_state_dict"]
 
 

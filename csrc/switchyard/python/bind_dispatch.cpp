@@ -14,6 +14,8 @@
 #include "switchyard/dispatch/config_check.h"
 #include "switchyard/dispatch/expert_parallel.h"
 #include "switchyard/dispatch/expert_placement.h"
+#include "switchyard/dispatch/token_dispatcher.h"
+#include "switchyard/ops/routing.h"
 #include "switchyard/python/bindings.h"
 
 namespace py = pybind11;
@@ -44,6 +46,17 @@ py::dict stats_dict(const dispatch::DispatchStats& s) {
   SY_STAT(bytes_combined_without_dedup)
 #undef SY_STAT
   return d;
+}
+
+// switchyard.ops.Routing (a NamedTuple of 9 tensors, in the C++ struct's order) -> ops::Routing.
+ops::Routing to_routing(const py::sequence& r) {
+  if (py::len(r) != 9) throw py::type_error("expected a switchyard.ops.Routing (9 tensors)");
+  ops::Routing out;
+  at::Tensor* fields[] = {&out.topk_weights, &out.topk_experts, &out.token_index, &out.expert_index,
+                          &out.slot_index, &out.slot_weights, &out.expert_counts, &out.expert_load,
+                          &out.num_dropped};
+  for (size_t i = 0; i < 9; ++i) *fields[i] = r[i].cast<at::Tensor>();
+  return out;
 }
 
 }  // namespace
@@ -86,6 +99,35 @@ void bind_dispatch(py::module_& m) {
         if (!e.last_stats()) return py::none();
         return stats_dict(*e.last_stats());
       }, "DispatchStats of the latest forward on this rank as a dict (None before the first).");
+
+  using dispatch::DispatchHandle;
+  using dispatch::TokenDispatcher;
+  py::class_<DispatchHandle, std::shared_ptr<DispatchHandle>>(
+      d, "DispatchHandle", "What TokenDispatcher.combine needs; immutable.")
+      .def_property_readonly("stats", [](const DispatchHandle& h) { return stats_dict(h.stats); })
+      .def_property_readonly("send_splits", [](const DispatchHandle& h) { return h.send_splits; })
+      .def_property_readonly("recv_splits", [](const DispatchHandle& h) { return h.recv_splits; })
+      .def_property_readonly("local_counts", [](const DispatchHandle& h) { return h.local_counts; });
+  py::class_<TokenDispatcher>(d, "TokenDispatcher",
+                              "All-to-all token dispatcher over an expert-parallel group.")
+      .def(py::init([](comm::Communicator group, ExpertPlacement placement) {
+             return translating([&] { return TokenDispatcher(std::move(group), std::move(placement)); });
+           }),
+           py::arg("group"), py::arg("placement"))
+      .def("dispatch",
+           [](const TokenDispatcher& self, const at::Tensor& x, const py::sequence& routing) {
+             const ops::Routing r = to_routing(routing);
+             dispatch::DispatchResult res = translating([&] { return self.dispatch(x, r); });
+             return py::make_tuple(std::const_pointer_cast<DispatchHandle>(res.handle),
+                                   res.expert_rows, res.local_counts);
+           },
+           py::arg("x"), py::arg("routing"),
+           "-> (handle, expert_rows grouped by local expert, local_counts). Collective.")
+      .def("combine",
+           [](const TokenDispatcher& self, const DispatchHandle& h, const at::Tensor& rows) {
+             return translating([&] { return self.combine(h, rows); });
+           },
+           py::arg("handle"), py::arg("expert_rows"), "-> y [T, d]. Collective.");
 
   d.def("check_same_config",
         [](comm::Communicator group, const config::Config& cfg, std::optional<ExpertPlacement> p) {
