@@ -37,7 +37,7 @@ def timed(world, fn):
 
 
 def bench(world, T, d, E, K, iters):
-    R, rank = world.size(), world.rank()
+    R, rank = world.size, world.rank
     g = torch.Generator().manual_seed(1000 + rank)
     x = torch.randn(T, d, generator=g)
     r = ops.route_topk(torch.randn(T, E, generator=g), K)
@@ -90,8 +90,8 @@ def main():
     world = comm.world()
     for E, K in ((16, 2), (64, 8)):
         td, tf, (bd, bnd, rows, slots) = bench(world, a.tokens, a.d, E, K, a.iters)
-        if world.rank() == 0:
-            print(f"R={world.size()} T={a.tokens}/rank d={a.d} top-{K}/{E}: dispatcher {td * 1e3:.1f} ms, "
+        if world.rank == 0:
+            print(f"R={world.size} T={a.tokens}/rank d={a.d} top-{K}/{E}: dispatcher {td * 1e3:.1f} ms, "
                   f"floor {tf * 1e3:.1f} ms, ratio {td / tf:.2f}; remote rows {rows} vs slots {slots}; "
                   f"remote bytes (both ways) {bd / 2**20:.1f} MiB vs {bnd / 2**20:.1f} MiB without dedup "
                   f"({100 * (1 - bd / max(bnd, 1)):.1f}% saved)", flush=True)

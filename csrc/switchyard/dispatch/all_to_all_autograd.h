@@ -19,7 +19,7 @@
 
 namespace switchyard::dispatch {
 
-// outputs[i] = group.all_to_all_v(inputs[i], send_splits, recv_splits); differentiable
+// outputs[i] = group.all_to_all_v(inputs[i], send_splits, recv_splits) for 1 or 2 inputs; differentiable
 // w.r.t. every input. Undefined incoming gradients are exchanged as zeros.
 std::vector<at::Tensor> all_to_all_v_autograd(comm::Communicator group,
                                               const std::vector<at::Tensor>& inputs,

@@ -64,7 +64,7 @@ def close(name, a, b, dtype, where):
 
 
 def run_case(world, dtype, case, case_index, pname, placement):
-    R, rank = world.size(), world.rank()
+    R, rank = world.size, world.rank
     opts = dict(d_model=D, ffn_hidden=F, **CASES[case])
     torch.manual_seed(100 + case_index)
     ref = MoELayer(**opts).to(dtype)
@@ -129,10 +129,10 @@ def main(dtype_name, cases):
     names = list(CASES) if not cases else cases
     for i, case in enumerate(names):
         E = CASES[case]["num_experts"]
-        for pname, placement in placements(E, world.size()):
+        for pname, placement in placements(E, world.size):
             rrows, rslots = run_case(world, dtype, case, list(CASES).index(case), pname, placement)
             # Deduplication: with several of a token's experts on one remote rank, fewer rows travel.
-            if case == "top3_shared_zero_null" and pname == "contiguous" and world.size() == 2:
+            if case == "top3_shared_zero_null" and pname == "contiguous" and world.size == 2:
                 assert rrows < rslots, (rrows, rslots)
             print(f"dispatch ok rank={info.rank} case={case} placement={pname} "
                   f"remote_rows={rrows} remote_slots={rslots}", flush=True)
