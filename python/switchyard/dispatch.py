@@ -45,7 +45,7 @@ def distribute(layer, group, placement: Optional[ExpertPlacement] = None) -> Exp
     :class:`ExpertParallel` (``.last_stats`` reports the bytes of the latest dispatch).
     """
     if placement is None:
-        placement = ExpertPlacement.contiguous(layer.options.num_experts, group.size())
+        placement = ExpertPlacement.contiguous(layer.options.num_experts, group.size)
     ep = ExpertParallel(group, placement)
     layer.cpp_module.enable_expert_parallel(ep)
     adopt_children(layer)  # `experts` is a new C++ module: refresh the Python views

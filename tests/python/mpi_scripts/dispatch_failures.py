@@ -26,9 +26,9 @@ def main(mode):
         overrides = ["moe.top_k=1"] if mode == "config_mismatch" and info.rank == 1 else []
         cfg = switchyard.load_config("configs/demo.yaml", overrides=overrides)
         E = cfg.moe.num_experts
-        placement = ExpertPlacement.contiguous(E, world.size())
+        placement = ExpertPlacement.contiguous(E, world.size)
         if mode == "placement_mismatch" and info.rank == 1:
-            placement = ExpertPlacement([e % world.size() for e in range(E)], world.size())
+            placement = ExpertPlacement([e % world.size for e in range(E)], world.size)
         check_same_config(world, cfg, placement)
     elif mode == "throw_in_layer":
         torch.manual_seed(0)
