@@ -8,4 +8,5 @@ PYBIND11_MODULE(_C, m) {
   switchyard::python::bind_config(m);
   switchyard::python::bind_nn(m);
   switchyard::python::bind_comm(m);
+  switchyard::python::bind_dispatch(m);
 }
