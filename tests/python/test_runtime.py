@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -93,3 +94,15 @@ def test_extension_reports_its_build():
     import switchyard
 
     assert isinstance(switchyard._C.cuda_built(), bool)
+
+
+def test_host_allocator_tuning_applies_and_can_be_declined():
+    applied = _python("import switchyard; print(switchyard.tune_host_allocator())")
+    assert applied.returncode == 0, applied.stderr
+    assert applied.stdout.strip() == "True"  # glibc (the only libc switchyard builds with)
+    declined = subprocess.run(
+        [sys.executable, "-c", "import switchyard; print(switchyard.tune_host_allocator())"],
+        capture_output=True, text=True, timeout=120, cwd=REPO_ROOT,
+        env={**os.environ, "SWITCHYARD_HOST_ALLOCATOR": "system"},
+    )
+    assert declined.stdout.strip() == "False", declined.stderr
