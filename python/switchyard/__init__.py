@@ -7,6 +7,7 @@ The compute lives in the C++ extension ``switchyard._C`` (and the operators it r
     info = switchyard.init()            # MPI start-up (plain process or under mpirun)
     cfg = switchyard.load_config("configs/demo.yaml", overrides=["moe.top_k=2"])
     routing = switchyard.ops.route_topk(logits, k=2)
+    layer = switchyard.nn.MoELayer.from_config(cfg)
 """
 
 import torch as _torch  # noqa: F401  (loads LibTorch before our libraries, which link to it)
@@ -14,7 +15,7 @@ import torch as _torch  # noqa: F401  (loads LibTorch before our libraries, whic
 from . import _C  # noqa: F401  (registers torch.ops.switchyard.*)
 from ._runtime import device, fatal, finalize, init, local_rank, rank, world_size
 from .config import Config, load_config
-from . import ops
+from . import nn, ops
 
 __version__ = "0.1.0"
 
@@ -26,6 +27,7 @@ __all__ = [
     "init",
     "load_config",
     "local_rank",
+    "nn",
     "ops",
     "rank",
     "world_size",

@@ -59,6 +59,7 @@ struct MoeConfig {
   double capacity_factor = 0.0;  // 0 = no capacity limit: lossless
   std::string drop_policy = "position";
   int64_t num_shared_experts = 0;
+  int64_t shared_ffn_hidden = 0;  // 0 = num_shared_experts * ffn_hidden
   bool shared_expert_gate = false;
   int64_t num_null_experts = 0;
   int64_t num_zero_experts = 0;
@@ -70,6 +71,7 @@ struct MoeConfig {
   double z_loss_coeff = 0.0;
   double seq_aux_loss_coeff = 0.0;
   double bias_update_rate = 0.0;  // 0 = off
+  bool selection_bias = false;    // implied by bias_update_rate > 0
 
   // Zero-computation experts (zero, copy, constant) run locally on every rank.
   int64_t num_zero_computation_experts() const {

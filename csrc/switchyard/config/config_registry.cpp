@@ -123,6 +123,7 @@ std::vector<SectionInfo> build_registry() {
     b.add(SY_KEY(E, capacity_factor), "Capacity per expert = capacity_factor * tokens * top_k / num_experts; overflow is dropped and counted. 0 = no limit (lossless).").at_least(0);
     b.add(SY_KEY(E, drop_policy), "Which tokens an over-capacity expert keeps: the first by position, or the highest scores.").one_of({"position", "score"});
     b.add(SY_KEY(E, num_shared_experts), "Dense experts every token goes through in addition to its routed experts.").at_least(0);
+    b.add(SY_KEY(E, shared_ffn_hidden), "Total hidden size of the shared experts' FFN. 0 = num_shared_experts * ffn_hidden.").at_least(0);
     b.add(SY_KEY(E, shared_expert_gate), "Scale the shared experts' output by a learned per-token sigmoid gate.");
     b.add(SY_KEY(E, num_null_experts), "Null experts: router choices that do no computation, so a token may use fewer than top_k real experts.").at_least(0);
     b.add(SY_KEY(E, num_zero_experts), "Zero-computation experts that output zeros (discard the token's update).").at_least(0);
@@ -134,6 +135,7 @@ std::vector<SectionInfo> build_registry() {
     b.add(SY_KEY(E, z_loss_coeff), "Weight of the router z-loss (mean squared log-sum-exp of the logits). 0 = off.").at_least(0);
     b.add(SY_KEY(E, seq_aux_loss_coeff), "Weight of the per-sequence load-balancing loss. 0 = off.").at_least(0);
     b.add(SY_KEY(E, bias_update_rate), "Step size of the aux-loss-free balancing bias added to routing scores. 0 = off.").at_least(0);
+    b.add(SY_KEY(E, selection_bias), "Keep a per-expert bias added to the scores when choosing experts, not to the weights (DeepSeek-V3). Implied by bias_update_rate > 0.");
   }
   {
     SectionBuilder<ParallelConfig> b(r, &Config::parallel, "parallel",

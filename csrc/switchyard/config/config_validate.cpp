@@ -152,6 +152,34 @@ std::vector<CrossKeyRule> build_rules() {
                to_string(e.top_k) + " is not divisible by num_groups " + to_string(e.num_groups);
       });
 
+  add({"moe.router", "moe.capacity_factor"},
+      "`moe.router: expert_choice` needs `moe.capacity_factor` > 0 (each expert takes "
+      "capacity_factor * tokens * top_k / num_experts tokens).",
+      [](const Config& c, int) -> std::string {
+        if (c.moe.router != "expert_choice" || c.moe.capacity_factor > 0) return "";
+        return "expert_choice routing needs a capacity, but capacity_factor is 0";
+      });
+  add({"moe.router", "moe.num_null_experts", "moe.num_zero_experts", "moe.num_copy_experts",
+       "moe.num_constant_experts", "moe.num_groups", "moe.selection_bias", "moe.bias_update_rate"},
+      "`moe.router: expert_choice` has no null or zero-computation experts, no expert groups "
+      "and no selection bias (experts choose tokens; tokens choose nothing).",
+      [](const Config& c, int) -> std::string {
+        const auto& e = c.moe;
+        if (e.router != "expert_choice") return "";
+        if (e.num_null_experts + e.num_zero_computation_experts() > 0)
+          return "expert_choice routing cannot route to null or zero-computation experts";
+        if (e.num_groups > 1) return "expert_choice routing has no expert groups";
+        if (e.selection_bias || e.bias_update_rate > 0)
+          return "expert_choice routing has no selection bias";
+        return "";
+      });
+  add({"moe.shared_expert_gate", "moe.num_shared_experts"},
+      "`moe.shared_expert_gate` needs `moe.num_shared_experts` > 0.",
+      [](const Config& c, int) -> std::string {
+        if (!c.moe.shared_expert_gate || c.moe.num_shared_experts > 0) return "";
+        return "shared_expert_gate is set but there are no shared experts";
+      });
+
   // --- parallel ------------------------------------------------------------------------
   add({"moe.num_experts", "parallel.expert_parallel"},
       "`parallel.expert_parallel` divides `moe.num_experts` (every rank holds as many experts).",

@@ -89,6 +89,14 @@ TORCH_LIBRARY(switchyard, m) {
   m.def("grouped_mm(Tensor a, Tensor b, Tensor counts, *, bool trans_b=False) -> Tensor");
   m.def("grouped_mm_weight_grad(Tensor a, Tensor grad_out, Tensor counts) -> Tensor");
 
+  // ---- the experts' SwiGLU activation, fused (kernels/activation) ----------------------
+  // swiglu: silu(gate) * up. swiglu_backward returns h = silu(gate) * up (recomputed, for the
+  // down projection's weight gradient) and the gradients w.r.t. gate and up, in one pass.
+  m.def("swiglu(Tensor gate, Tensor up) -> Tensor");
+  m.def(
+      "swiglu_backward(Tensor grad_h, Tensor gate, Tensor up) -> "
+      "(Tensor h, Tensor grad_gate, Tensor grad_up)");
+
   // ---- router and zero-computation experts (CompositeImplicitAutograd) ----------------
   // router_jitter draws noise from torch's default generator (seeded: torch.manual_seed).
   m.def("router_jitter(Tensor x, float eps) -> Tensor", {at::Tag::nondeterministic_seeded});

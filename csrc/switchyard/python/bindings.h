@@ -7,5 +7,6 @@ namespace switchyard::python {
 
 void bind_runtime(pybind11::module_& m);
 void bind_config(pybind11::module_& m);
+void bind_nn(pybind11::module_& m);
 
 }  // namespace switchyard::python

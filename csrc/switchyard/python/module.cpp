@@ -3,7 +3,8 @@
 #include "switchyard/python/bindings.h"
 
 PYBIND11_MODULE(_C, m) {
-  m.doc() = "switchyard C++ core: runtime, configuration and operators";
+  m.doc() = "switchyard C++ core: runtime, configuration, operators and modules";
   switchyard::python::bind_runtime(m);
   switchyard::python::bind_config(m);
+  switchyard::python::bind_nn(m);
 }

@@ -1,0 +1,81 @@
+// MoELayer: one Mixture-of-Experts feed-forward block (single process; the distributed
+// layer puts the token dispatcher between permutation and experts).
+//
+//   x [..., d] -> router logits [T, E_total]      (Router; jitter in training)
+//              -> routing (top-k or expert choice) + balancing losses
+//              -> permute_tokens -> GroupedExperts -> unpermute_tokens (weighted sum over k)
+//              -> + shared experts (optionally sigmoid-gated, Qwen2-MoE)
+//              -> + zero-computation experts (MoE++: zero, copy, constant)
+//              -> y [..., d]
+//
+// Submodules (and so state_dict keys): router, experts, shared_experts (num_shared_experts
+// > 0), shared_expert_gate (shared_expert_gate), zero_compute (the constant experts'
+// parameters, num_constant_experts > 0). docs/moe_layer.md describes the semantics and the statistics.
+#pragma once
+
+#include <torch/nn/module.h>
+#include <torch/nn/modules/linear.h>
+#include <torch/nn/pimpl.h>
+
+#include <optional>
+
+#include "switchyard/nn/constant_experts.h"
+#include "switchyard/nn/experts.h"
+#include "switchyard/nn/mlp.h"
+#include "switchyard/nn/moe_options.h"
+#include "switchyard/nn/router.h"
+
+namespace switchyard::nn {
+
+// What one forward pass returns: the output, the balancing losses and routing statistics.
+// Losses are 0-d float32 (float64 for float64 inputs); statistics are detached.
+struct MoEOutput {
+  at::Tensor output;                // like x
+  at::Tensor aux_loss;              // coefficient-weighted sum of the three losses below
+  at::Tensor load_balancing_loss;   // Switch/GShard loss, unweighted (0 when its coeff is 0)
+  at::Tensor z_loss;                // router z-loss, unweighted (0 when its coeff is 0)
+  at::Tensor seq_aux_loss;          // DeepSeek-V3 sequence-wise loss (0 when its coeff is 0)
+  at::Tensor router_logits;         // [T, E_total]; the next layer's gating-residual input
+  at::Tensor expert_counts;         // [E] int64, rows each routed expert computed
+  at::Tensor expert_load;           // [E_total] int64, selections before the capacity limit
+  at::Tensor num_dropped;           // [] int64: slots over capacity (top-k), or tokens no
+                                    // expert chose (expert choice)
+  at::Tensor real_experts_per_token;  // [] float64, mean routed experts a token used
+};
+
+class MoELayerImpl : public torch::nn::Module {
+ public:
+  explicit MoELayerImpl(MoELayerOptions options);
+
+  // x: [..., d_model] (the last dimension is the hidden size; a 3-D [B, S, d] input makes S
+  // the sequence length of the sequence-wise loss, otherwise all tokens form one sequence).
+  // prev_router_logits: the previous MoE layer's router_logits, for the gating residual.
+  MoEOutput forward(const at::Tensor& x,
+                    const std::optional<at::Tensor>& prev_router_logits = std::nullopt);
+
+  // Auxiliary-loss-free balancing (DeepSeek-V3): moves router.selection_bias by
+  // bias_update_rate * sign(mean load - load) using the loads of every training forward
+  // since the last call, then forgets them. Call once per optimizer step. A no-op when
+  // bias_update_rate is 0 or no training forward ran.
+  void update_selection_bias();
+
+  void reset_parameters();
+  void pretty_print(std::ostream& stream) const override;
+  const MoELayerOptions& options() const { return options_; }
+
+  Router router{nullptr};
+  GroupedExperts experts{nullptr};
+  MLP shared_experts{nullptr};
+  torch::nn::Linear shared_expert_gate{nullptr};
+  ConstantExperts zero_compute{nullptr};
+
+ private:
+  at::Tensor check_input(const at::Tensor& x,
+                         const std::optional<at::Tensor>& prev_router_logits) const;
+
+  MoELayerOptions options_;
+  at::Tensor pending_load_;  // expert loads summed since the last update_selection_bias
+};
+TORCH_MODULE(MoELayer);
+
+}  // namespace switchyard::nn
