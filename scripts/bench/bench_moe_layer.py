@@ -13,9 +13,15 @@ SwiGLU experts (Mixtral), no auxiliary loss:
   gmm    (b') like vec, but the per-expert products are torch._grouped_mm calls (optional)
   floor  (c) the expert matrix products alone on rows already grouped by expert (the block
          sizes of the real routing): forward X@Wg, X@Wu, A@Wd and backward dA = dY@Wd^T,
-         dWd = A^T@dY, dWg = X^T@dH, dWu = X^T@dU, dX = dH@Wg^T + dU@Wu^T (addmm), written
-         into output buffers allocated once per step; no routing, permutation, activation
-         or combine
+         dWd = A^T@dY, dWg = X^T@dH, dWu = X^T@dU, dX = dH@Wg^T + dU@Wu^T (addmm), one
+         torch.mm per expert and product (multithreaded BLAS) into output buffers allocated
+         once per step; no routing, permutation, activation or combine
+  gfloor (c') the same nine products with switchyard's grouped_mm / grouped_mm_weight_grad
+         operators (threads split the rows of all experts, single-threaded BLAS each): the
+         products exactly as MoELayer runs them, so MoELayer / (c') is the cost of
+         everything else in the layer
+The "/ floor" column divides by the faster of (c) and (c') at that size: the floor is the
+best way found to run the products alone.
 
 Time: forward+backward of one step (parameter gradients set to None before each step, so
 each step allocates its gradients as training does), median of --repeats runs after
@@ -59,7 +65,8 @@ def _parse_args(argv=None):
     p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float64"])
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--variants", default="ours,hf,vec,floor", help="comma-separated among ours,hf,vec,gmm,floor")
+    p.add_argument("--variants", default="ours,hf,vec,floor,gfloor",
+                   help="comma-separated among ours,hf,vec,gmm,floor,gfloor")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--no-check", action="store_true", help="skip the check that the variants agree")
     p.add_argument("--markdown", action="store_true", help="print the table in Markdown")
@@ -79,7 +86,8 @@ from transformers.models.mixtral.modeling_mixtral import MixtralConfig, MixtralS
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
 LABELS = {"ours": "MoELayer", "hf": "(a) HF Mixtral", "vec": "(b) vectorised", "gmm": "(b') grouped_mm",
-          "floor": "(c) floor"}
+          "floor": "(c) floor mm",
+          "gfloor": "(c') floor gmm"}
 
 
 def parse_size(text):
@@ -227,7 +235,7 @@ def build_gmm(size, dtype, device):
     return build_vec(size, dtype, device, grouped_mm=True)
 
 
-def build_floor(size, dtype, device):
+def build_floor(size, dtype, device, grouped=False):
     block = make_hf_block(size, dtype, device)
     router, gate, up, down = hf_weights(block)
     del block
@@ -244,6 +252,20 @@ def build_floor(size, dtype, device):
     for c in counts:
         bounds.append(bounds[-1] + c)
     kw = dict(device=device, dtype=dtype)
+
+    if grouped:
+        import switchyard  # noqa: F401  (registers torch.ops.switchyard)
+
+        gmm, gmm_wgrad = torch.ops.switchyard.grouped_mm, torch.ops.switchyard.grouped_mm_weight_grad
+        counts_t = torch.tensor(counts, dtype=torch.int64, device=device)
+
+        def grouped_step(_x=None, _g=None):
+            gmm(X, gate, counts_t), gmm(X, up, counts_t), gmm(A, down, counts_t)
+            gmm(dY, down, counts_t, trans_b=True), gmm_wgrad(A, dY, counts_t)
+            gmm_wgrad(X, dH, counts_t), gmm_wgrad(X, dU, counts_t)
+            return gmm(dH, gate, counts_t, trans_b=True).add_(gmm(dU, up, counts_t, trans_b=True))
+
+        return grouped_step, None
 
     def step(_x=None, _g=None):
         H, U, Y = torch.empty(S, f, **kw), torch.empty(S, f, **kw), torch.empty(S, d, **kw)
@@ -272,7 +294,12 @@ def build_floor(size, dtype, device):
     return step, None
 
 
-BUILDERS = {"ours": build_ours, "hf": build_hf, "vec": build_vec, "gmm": build_gmm, "floor": build_floor}
+def build_gfloor(size, dtype, device):
+    return build_floor(size, dtype, device, grouped=True)
+
+
+BUILDERS = {"ours": build_ours, "hf": build_hf, "vec": build_vec, "gmm": build_gmm, "floor": build_floor,
+            "gfloor": build_gfloor}
 
 
 # ---------------------------------------------------------------------------------------
@@ -398,7 +425,8 @@ def main():
     rows = []
     for size_text in ARGS.sizes.split(","):
         size, med, best, mem = bench_size(size_text, dtype, device, variants)
-        floor = med.get("floor")
+        floors = [med[v] for v in ("floor", "gfloor") if v in med]
+        floor = min(floors) if floors else None
         for v in variants:
             ratio = med[v] / floor if floor else None
             rows.append((size, v, med[v], best[v], ratio, mem[v][0], mem[v][1]))
