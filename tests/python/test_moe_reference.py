@@ -385,6 +385,10 @@ def test_expert_choice_matches_reference(capacity_factor, k, score_func):
     close(out.output, ref["output"], "output")
     close(out.router_logits, ref["router_logits"], "router_logits")
     assert out.expert_counts.tolist() == [ref["capacity"]] * 5
+    T = x.shape[0] * x.shape[1]
+    chosen_tokens = set().union(*ref["chosen"])
+    assert int(out.num_dropped) == T - len(chosen_tokens)  # expert choice: tokens nobody took
+    assert float(out.real_experts_per_token) == pytest.approx(5 * ref["capacity"] / T)
     backward_both(layer, params, x_ref, out, ref, extra_inputs=[(x_ref, x_ours)])
 
 
@@ -590,7 +594,7 @@ def test_trains_inside_a_user_model_with_adamw():
         opt.zero_grad()
         (loss + aux).backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     assert losses[-1] < 0.5 * losses[0], losses
     assert not torch.equal(before, dict(model.moe.named_parameters())["experts.up_proj"])
     # A Sequential of the user's own modules around it works too.
