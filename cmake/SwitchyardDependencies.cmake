@@ -61,6 +61,42 @@ find_package(MPI REQUIRED COMPONENTS C)
 find_package(yaml-cpp REQUIRED)
 find_package(GTest REQUIRED)
 
+# --- NCCL: the one torch loads ---------------------------------------------------------------
+# Note [One libnccl]: torch's CUDA wheel depends on the nvidia-nccl wheel, and libtorch_cuda
+# loads its site-packages/nvidia/nccl/lib/libnccl.so.2. We link that very file (soname
+# libnccl.so.2), so the process holds one NCCL whichever library is loaded first; never a
+# system libnccl or a static copy. Headers: the wheel's own include/ when it ships one
+# (exactly the library's version), else the CUDA toolkit's nccl.h. The header must not be
+# newer than the library; NcclBackend also checks that at run time (ncclGetVersion).
+# Defines sy::nccl, SY_NCCL_LIBRARY, SY_NCCL_LIB_DIR, SY_NCCL_INCLUDE_DIR, SY_NCCL_VERSION.
+function(sy_find_torch_nccl)
+  get_filename_component(_wheel_dir ${SY_TORCH_DIR}/../nvidia/nccl ABSOLUTE)
+  set(_lib ${_wheel_dir}/lib/libnccl.so.2)
+  if(NOT EXISTS ${_lib})
+    message(FATAL_ERROR "switchyard: torch ${SY_TORCH_VERSION} is a CUDA build but ${_lib} is missing "
+                        "(the nvidia-nccl wheel torch depends on). Reinstall torch, or configure with "
+                        "-DSWITCHYARD_CUDA=OFF.")
+  endif()
+  # NO_CACHE and a local name: a new venv must never keep an old answer.
+  find_path(_inc nccl.h HINTS ${_wheel_dir}/include ${CUDAToolkit_INCLUDE_DIRS} NO_CACHE)
+  if(NOT _inc)
+    message(FATAL_ERROR "switchyard: no nccl.h in ${_wheel_dir}/include or ${CUDAToolkit_INCLUDE_DIRS}")
+  endif()
+  file(STRINGS ${_inc}/nccl.h _defs REGEX "^#define NCCL_(MAJOR|MINOR|PATCH) ")
+  string(REGEX REPLACE ".*NCCL_MAJOR ([0-9]+).*NCCL_MINOR ([0-9]+).*NCCL_PATCH ([0-9]+).*" "\\1.\\2.\\3"
+         _version "${_defs}")
+  add_library(sy::nccl SHARED IMPORTED GLOBAL)
+  set_target_properties(sy::nccl PROPERTIES
+      IMPORTED_LOCATION ${_lib}
+      IMPORTED_SONAME libnccl.so.2
+      INTERFACE_INCLUDE_DIRECTORIES ${_inc}
+      INTERFACE_SYSTEM_INCLUDE_DIRECTORIES ${_inc})
+  set(SY_NCCL_LIBRARY ${_lib} PARENT_SCOPE)
+  set(SY_NCCL_LIB_DIR ${_wheel_dir}/lib PARENT_SCOPE)
+  set(SY_NCCL_INCLUDE_DIR ${_inc} PARENT_SCOPE)
+  set(SY_NCCL_VERSION ${_version} PARENT_SCOPE)
+endfunction()
+
 # --- CUDA (optional) ------------------------------------------------------------------------
 set(SWITCHYARD_CUDA AUTO CACHE STRING "build the CUDA kernels: AUTO (if nvcc is found), ON, OFF")
 set_property(CACHE SWITCHYARD_CUDA PROPERTY STRINGS AUTO ON OFF)
@@ -85,9 +121,10 @@ if(NOT SWITCHYARD_CUDA STREQUAL "OFF")
     sy_torch_library(sy::torch_cuda c10_cuda torch_cuda)
     target_link_libraries(sy::torch INTERFACE sy::torch_cuda CUDA::cudart)
     target_compile_definitions(sy::torch INTERFACE SWITCHYARD_WITH_CUDA=1)
-    find_path(SY_NCCL_INCLUDE_DIR nccl.h HINTS ${CUDAToolkit_INCLUDE_DIRS})
+    sy_find_torch_nccl()
     message(STATUS "switchyard: nvcc ${CMAKE_CUDA_COMPILER_VERSION}, architectures "
-                   "${CMAKE_CUDA_ARCHITECTURES}, torch CUDA ${SY_TORCH_CUDA}, nccl.h in ${SY_NCCL_INCLUDE_DIR}")
+                   "${CMAKE_CUDA_ARCHITECTURES}, torch CUDA ${SY_TORCH_CUDA}, NCCL ${SY_NCCL_VERSION} "
+                   "(${SY_NCCL_LIBRARY}, nccl.h in ${SY_NCCL_INCLUDE_DIR})")
   elseif(SWITCHYARD_CUDA STREQUAL "ON")
     if(CMAKE_CUDA_COMPILER)
       set(_why "torch in ${SY_TORCH_DIR} is a CPU-only build")

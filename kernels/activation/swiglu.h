@@ -24,9 +24,12 @@ enum class ActivationType : int32_t { kFloat32 = 0, kFloat64 = 1, kBFloat16 = 2,
 
 // The per-element arithmetic, shared by the CPU loops and the CUDA kernels (Acc is float
 // or double). exp of a large -g gives inf and s = 0: no NaN for any finite g.
+// The same operations, in the same order, as the h of swiglu_grads: the activation that
+// backward recomputes is bit for bit the one forward produced.
 template <typename Acc>
 SWITCHYARD_HOST_DEVICE Acc swiglu_value(Acc g, Acc u, Acc exp_neg_g) {
-  return g / (Acc(1) + exp_neg_g) * u;
+  const Acc s = Acc(1) / (Acc(1) + exp_neg_g);
+  return (g * s) * u;
 }
 
 template <typename Acc>

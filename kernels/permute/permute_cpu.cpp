@@ -124,7 +124,9 @@ int64_t group_slots_by_token(const int64_t* token_index, const int64_t* expert_i
 
 // Token t's output row from its n slots: out = round(sum of w[i] * rows[i]), ascending i,
 // from +0 (a lone -0 contribution sums to +0, as with index_add_ into zeros). float and
-// double rows accumulate in out itself, 16-bit rows in the float row `scratch`.
+// double rows accumulate in out itself, 16-bit rows in the float row `scratch`. The first
+// slot's pass also does the zeroing (0 + w*r) and the last one the rounding to storage, so
+// a token of k slots costs k passes over d, not k + 2.
 template <class Fmt>
 SWITCHYARD_FORCE_INLINE void sum_token_rows(const typename Fmt::storage_t* __restrict__ rows,
                                             const typename Fmt::acc_t* __restrict__ weights,
@@ -133,21 +135,39 @@ SWITCHYARD_FORCE_INLINE void sum_token_rows(const typename Fmt::storage_t* __res
                                             typename Fmt::storage_t* __restrict__ out) {
   using acc_t = typename Fmt::acc_t;
   using storage_t = typename Fmt::storage_t;
-  acc_t* __restrict__ acc;
+  const auto weight = [&](int64_t k) { return weights != nullptr ? weights[slots[k]] : acc_t(1); };
+  const auto row = [&](int64_t k) { return rows + slots[k] * d; };
+  if (n == 0) {
+    for (int64_t j = 0; j < d; ++j) out[j] = Fmt::store(acc_t(0));
+    return;
+  }
   if constexpr (std::is_same_v<acc_t, storage_t>) {
-    acc = out;
+    for (int64_t k = 0; k < n; ++k) {
+      const acc_t w = weight(k);
+      const storage_t* __restrict__ r = row(k);
+      if (k == 0) {
+        for (int64_t j = 0; j < d; ++j) out[j] = mul_add_rn(acc_t(0), w, Fmt::load(r[j]));
+      } else {
+        for (int64_t j = 0; j < d; ++j) out[j] = mul_add_rn(out[j], w, Fmt::load(r[j]));
+      }
+    }
   } else {
-    acc = scratch;
-  }
-  for (int64_t j = 0; j < d; ++j) acc[j] = acc_t(0);
-  for (int64_t k = 0; k < n; ++k) {
-    const int64_t i = slots[k];
-    const acc_t w = weights != nullptr ? weights[i] : acc_t(1);
-    const storage_t* __restrict__ row = rows + i * d;
-    for (int64_t j = 0; j < d; ++j) acc[j] = mul_add_rn(acc[j], w, Fmt::load(row[j]));
-  }
-  if constexpr (!std::is_same_v<acc_t, storage_t>) {
-    for (int64_t j = 0; j < d; ++j) out[j] = Fmt::store(acc[j]);
+    acc_t* __restrict__ acc = scratch;
+    const acc_t w0 = weight(0);
+    const storage_t* __restrict__ r0 = row(0);
+    if (n == 1) {
+      for (int64_t j = 0; j < d; ++j) out[j] = Fmt::store(mul_add_rn(acc_t(0), w0, Fmt::load(r0[j])));
+      return;
+    }
+    for (int64_t j = 0; j < d; ++j) acc[j] = mul_add_rn(acc_t(0), w0, Fmt::load(r0[j]));
+    for (int64_t k = 1; k + 1 < n; ++k) {
+      const acc_t w = weight(k);
+      const storage_t* __restrict__ r = row(k);
+      for (int64_t j = 0; j < d; ++j) acc[j] = mul_add_rn(acc[j], w, Fmt::load(r[j]));
+    }
+    const acc_t wl = weight(n - 1);
+    const storage_t* __restrict__ rl = row(n - 1);
+    for (int64_t j = 0; j < d; ++j) out[j] = Fmt::store(mul_add_rn(acc[j], wl, Fmt::load(rl[j])));
   }
 }
 
@@ -209,7 +229,8 @@ void unpermute_impl(const typename Fmt::storage_t* rows, const typename Fmt::acc
 // grad_row[j] = w * g[j]; returns <row, g> when kWeights (summed in kLanes partial sums
 // combined pairwise: a fixed order, whatever the thread count).
 template <class Fmt, bool kRows, bool kWeights>
-SWITCHYARD_FORCE_INLINE typename Fmt::acc_t backward_row(const typename Fmt::storage_t* __restrict__ g,
+SWITCHYARD_FORCE_INLINE typename Fmt::acc_t backward_row(
+    const typename Fmt::storage_t* __restrict__ g,
                                         const typename Fmt::storage_t* __restrict__ row,
                                         typename Fmt::acc_t w,
                                         typename Fmt::storage_t* __restrict__ grad_row,

@@ -25,8 +25,8 @@
 // A device-side check that survives release builds (NDEBUG empties assert()): a failure
 // prints the message with file and line and stops the kernel; the host sees
 // cudaErrorAssert at its next synchronization.
-#define SWITCHYARD_DEVICE_CHECK(cond, msg)                                      \
-  do {                                                                          \
+#define SWITCHYARD_DEVICE_CHECK(cond, msg)                                          \
+  do {                                                                              \
     if (!(cond)) __assert_fail(msg, __FILE__, static_cast<unsigned>(__LINE__), __func__); \
   } while (0)
 
@@ -74,8 +74,8 @@ __global__ void permute_kernel(const Word* __restrict__ x, const int64_t* __rest
     return;
   }
   const int64_t t = token_index[i];
-  SWITCHYARD_DEVICE_CHECK(t >= 0 && t < T,
-                          "permute_tokens: a token_index of a valid slot is outside [0, num_tokens)");
+  SWITCHYARD_DEVICE_CHECK(
+      t >= 0 && t < T, "permute_tokens: a token_index of a valid slot is outside [0, num_tokens)");
   const Word* src = x + t * words;
   for (int64_t c = lane; c < words; c += kWarp) dst[c] = src[c];
 }
@@ -130,8 +130,9 @@ __global__ void token_keys_kernel(const int64_t* __restrict__ token_index,
   int64_t key = T;
   if (expert_index[i] >= 0) {
     key = token_index[i];
-    SWITCHYARD_DEVICE_CHECK(key >= 0 && key < T,
-                            "unpermute_tokens: a token_index of a valid slot is outside [0, num_tokens)");
+    SWITCHYARD_DEVICE_CHECK(
+        key >= 0 && key < T,
+        "unpermute_tokens: a token_index of a valid slot is outside [0, num_tokens)");
   }
   keys[i] = static_cast<uint32_t>(key);
   slots[i] = static_cast<int32_t>(i);
@@ -189,7 +190,7 @@ __global__ void unpermute_kernel(const typename Fmt::storage_t* __restrict__ row
 template <class Fmt>
 int pack_width(int64_t d, const void* a, const void* b) {
   constexpr int kV = kPackBytes / static_cast<int>(sizeof(typename Fmt::storage_t));
-  const bool packed = d % kV == 0 && aligned_to(a, kPackBytes) && (b == nullptr || aligned_to(b, kPackBytes));
+  const bool packed = d % kV == 0 && aligned_to(a, kPackBytes) && aligned_to(b, kPackBytes);
   return packed ? kV : 1;
 }
 
@@ -249,7 +250,8 @@ __global__ void unpermute_backward_kernel(const typename Fmt::storage_t* __restr
   const int64_t packs = d / V;
   if (expert_index[i] < 0) {
     if constexpr (kRows) {
-      for (int64_t c = lane; c < packs; c += kWarp) reinterpret_cast<P*>(grad_rows + i * d)[c] = P{};
+      P* dst = reinterpret_cast<P*>(grad_rows + i * d);
+      for (int64_t c = lane; c < packs; c += kWarp) dst[c] = P{};
     }
     if constexpr (kWeights) {
       if (lane == 0) grad_weights[i] = acc_t(0);
@@ -322,14 +324,19 @@ void permute_tokens_cuda(const void* x, const int64_t* token_index, const int64_
                          const PermuteParams& p, void* rows, cudaStream_t stream) {
   const int64_t row_bytes = p.hidden * row_type_bytes(p.type);
   if (p.num_slots == 0 || row_bytes == 0) return;
-  for (const int64_t word : {16, 8, 4}) {
-    if (row_bytes % word == 0 && aligned_to(x, word) && aligned_to(rows, word)) {
-      if (word == 16) return launch_permute<uint4>(x, token_index, expert_index, p, row_bytes, rows, stream);
-      if (word == 8) return launch_permute<uint2>(x, token_index, expert_index, p, row_bytes, rows, stream);
-      return launch_permute<uint32_t>(x, token_index, expert_index, p, row_bytes, rows, stream);
-    }
+  // the widest word that divides the row and both base addresses (elements are >= 2 bytes)
+  const auto fits = [&](int64_t word) {
+    return row_bytes % word == 0 && aligned_to(x, word) && aligned_to(rows, word);
+  };
+  if (fits(16)) {
+    launch_permute<uint4>(x, token_index, expert_index, p, row_bytes, rows, stream);
+  } else if (fits(8)) {
+    launch_permute<uint2>(x, token_index, expert_index, p, row_bytes, rows, stream);
+  } else if (fits(4)) {
+    launch_permute<uint32_t>(x, token_index, expert_index, p, row_bytes, rows, stream);
+  } else {
+    launch_permute<uint16_t>(x, token_index, expert_index, p, row_bytes, rows, stream);
   }
-  launch_permute<uint16_t>(x, token_index, expert_index, p, row_bytes, rows, stream);
 }
 
 size_t unpermute_tokens_cuda_workspace_bytes(const PermuteParams& p) {

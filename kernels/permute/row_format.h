@@ -17,7 +17,7 @@
 #include <cstdint>
 
 #include "kernels/permute/permute_types.h"
-// bits_to_float, float_to_bits, half_bits_to_float, SWITCHYARD_HOST_DEVICE / _FORCE_INLINE
+// bits_to_float, float_to_bits, SWITCHYARD_HOST_DEVICE / _FORCE_INLINE
 #include "kernels/routing/routing_math.h"
 
 namespace switchyard::kernels {
@@ -28,6 +28,16 @@ SWITCHYARD_HOST_DEVICE SWITCHYARD_FORCE_INLINE uint16_t float_to_bfloat16_bits(f
   const uint32_t u = float_to_bits(f);
   const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
   return static_cast<uint16_t>((u & 0x7fffffffu) > 0x7f800000u ? 0x7fc0u : rounded);
+}
+
+// All-ones when cond holds, else 0: selects written as masks, which GCC vectorizes (it
+// turns the equivalent ?: chains around floating-point operations into branches).
+SWITCHYARD_HOST_DEVICE SWITCHYARD_FORCE_INLINE uint32_t mask_if(bool cond) {
+  return 0u - static_cast<uint32_t>(cond);
+}
+SWITCHYARD_HOST_DEVICE SWITCHYARD_FORCE_INLINE uint32_t select_bits(uint32_t mask, uint32_t a,
+                                                                    uint32_t b) {
+  return (a & mask) | (b & ~mask);
 }
 
 // float -> IEEE binary16 bits, rounded to nearest even (subnormals, overflow to infinity,
@@ -45,10 +55,23 @@ SWITCHYARD_HOST_DEVICE SWITCHYARD_FORCE_INLINE uint16_t float_to_half_bits(float
   // the float unit do that rounding; the difference of the bit patterns is the half's
   // mantissa (1024 = the smallest normal when the value rounds up to it).
   const uint32_t subnormal = float_to_bits(bits_to_float(a) + 0.5f) - 0x3f000000u;
-  uint32_t h = a >= 0x38800000u ? normal : subnormal;
-  h = a >= 0x477ff000u ? 0x7c00u : h;  // >= 65520 rounds to infinity (65504 is the largest)
-  h = a > 0x7f800000u ? 0x7e00u : h;   // NaN
+  uint32_t h = select_bits(mask_if(a >= 0x38800000u), normal, subnormal);
+  h = select_bits(mask_if(a >= 0x477ff000u), 0x7c00u, h);  // >= 65520: infinity
+  h = select_bits(mask_if(a > 0x7f800000u), 0x7e00u, h);   // NaN
   return static_cast<uint16_t>(sign | h);
+}
+
+// IEEE binary16 bits -> float, exact for every input. Unlike routing_math.h's
+// half_bits_to_float it has no branches, so the CPU loops over float16 rows vectorize.
+SWITCHYARD_HOST_DEVICE SWITCHYARD_FORCE_INLINE float half_bits_to_float_branchless(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  const uint32_t em = h & 0x7fffu;  // exponent and mantissa
+  // normal: shift into place and move the exponent from bias 15 to bias 127 (+112 << 23);
+  // infinity / NaN: add as much again, which lands on exponent 255 with the mantissa kept
+  const uint32_t normal = (em << 13) + (112u << 23) + (mask_if(em >= 0x7c00u) & (112u << 23));
+  // zero / subnormal: mantissa * 2^-24, exact in float
+  const float small = static_cast<float>(static_cast<int32_t>(em)) * 5.9604644775390625e-08f;
+  return bits_to_float(sign | select_bits(mask_if(em < 0x0400u), float_to_bits(small), normal));
 }
 
 // A row format: storage type, accumulation type, load (storage -> acc) and store
@@ -71,13 +94,19 @@ struct RowBFloat16 {
   SWITCHYARD_HOST_DEVICE SWITCHYARD_FORCE_INLINE static float load(uint16_t b) {
     return bits_to_float(static_cast<uint32_t>(b) << 16);
   }
-  SWITCHYARD_HOST_DEVICE SWITCHYARD_FORCE_INLINE static uint16_t store(float v) { return float_to_bfloat16_bits(v); }
+  SWITCHYARD_HOST_DEVICE SWITCHYARD_FORCE_INLINE static uint16_t store(float v) {
+    return float_to_bfloat16_bits(v);
+  }
 };
 struct RowFloat16 {
   using storage_t = uint16_t;
   using acc_t = float;
-  SWITCHYARD_HOST_DEVICE SWITCHYARD_FORCE_INLINE static float load(uint16_t h) { return half_bits_to_float(h); }
-  SWITCHYARD_HOST_DEVICE SWITCHYARD_FORCE_INLINE static uint16_t store(float v) { return float_to_half_bits(v); }
+  SWITCHYARD_HOST_DEVICE SWITCHYARD_FORCE_INLINE static float load(uint16_t h) {
+    return half_bits_to_float_branchless(h);
+  }
+  SWITCHYARD_HOST_DEVICE SWITCHYARD_FORCE_INLINE static uint16_t store(float v) {
+    return float_to_half_bits(v);
+  }
 };
 
 // acc + w * v with both operations rounded (see Note [One rounding for CPU and GPU]).

@@ -13,7 +13,7 @@ The compute lives in the C++ extension ``switchyard._C`` (and the operators it r
 import torch as _torch  # noqa: F401  (loads LibTorch before our libraries, which link to it)
 
 from . import _C  # noqa: F401  (registers torch.ops.switchyard.*)
-from ._runtime import device, fatal, finalize, init, local_rank, rank, world_size
+from ._runtime import device, fatal, finalize, init, local_rank, rank, tune_host_allocator, world_size
 from .config import Config, load_config
 from . import nn, ops
 
@@ -30,5 +30,6 @@ __all__ = [
     "nn",
     "ops",
     "rank",
+    "tune_host_allocator",
     "world_size",
 ]

@@ -80,3 +80,16 @@ def _abort_job_on_uncaught_exception(exc_type, exc, tb):
     sys.stderr.write(text + "\n")
     sys.stderr.flush()
     _C.fatal(f"uncaught {exc_type.__name__}: {exc}")
+
+
+def tune_host_allocator() -> bool:
+    """Keep large CPU buffers in the heap between steps instead of re-mapping them.
+
+    glibc maps every block above 32 MiB afresh and unmaps it on free, so each training step
+    page-faults its large activations again. This raises glibc's mmap and trim thresholds
+    for the whole process (the memory it reached is kept for reuse, as a caching allocator
+    would). :func:`init` does it; benchmarks call it so every variant they compare runs with
+    the same setting. ``SWITCHYARD_HOST_ALLOCATOR=system`` opts out. Returns whether the
+    setting is in effect.
+    """
+    return _C.tune_host_allocator()

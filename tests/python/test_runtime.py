@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -53,7 +55,9 @@ def test_mpirun_two_ranks_each_know_their_place(run_mpi, tmp_path):
     )
     out = run_mpi(2, str(script))
     assert out.returncode == 0, out.stderr
-    lines = sorted(line for line in out.stdout.splitlines() if line.startswith("rank="))
+    # mpirun forwards both ranks' output through one pipe: a line may arrive glued to the
+    # other rank's, so find the records rather than whole lines.
+    lines = sorted(re.findall(r"rank=\d+ world=\d+ local=\d+ mpirun=\w+", out.stdout))
     assert lines == [
         "rank=0 world=2 local=0 mpirun=True",
         "rank=1 world=2 local=1 mpirun=True",
@@ -90,3 +94,15 @@ def test_extension_reports_its_build():
     import switchyard
 
     assert isinstance(switchyard._C.cuda_built(), bool)
+
+
+def test_host_allocator_tuning_applies_and_can_be_declined():
+    applied = _python("import switchyard; print(switchyard.tune_host_allocator())")
+    assert applied.returncode == 0, applied.stderr
+    assert applied.stdout.strip() == "True"  # glibc (the only libc switchyard builds with)
+    declined = subprocess.run(
+        [sys.executable, "-c", "import switchyard; print(switchyard.tune_host_allocator())"],
+        capture_output=True, text=True, timeout=120, cwd=REPO_ROOT,
+        env={**os.environ, "SWITCHYARD_HOST_ALLOCATOR": "system"},
+    )
+    assert declined.stdout.strip() == "False", declined.stderr

@@ -107,9 +107,13 @@ MoEOutput MoELayerImpl::forward(const at::Tensor& x,
     ro.drop_policy = o.drop_policy;
     const ops::Routing r = ops::route_topk(logits, o.top_k, ro);
 
-    const at::Tensor rows = ops::permute_tokens(x_Td, r.token_index, r.expert_index);
-    const at::Tensor expert_rows = experts(rows, r.expert_counts);
-    y = ops::unpermute_tokens(expert_rows, r.token_index, r.expert_index, r.slot_weights, T);
+    if (ep_) {
+      y = ep_->run_routed(x_Td, r, *experts);
+    } else {
+      const at::Tensor rows = ops::permute_tokens(x_Td, r.token_index, r.expert_index);
+      const at::Tensor expert_rows = experts(rows, r.expert_counts);
+      y = ops::unpermute_tokens(expert_rows, r.token_index, r.expert_index, r.slot_weights, T);
+    }
     if (o.num_zero_experts + o.num_copy_experts + o.num_constant_experts > 0) {
       const at::Tensor v = zero_compute ? zero_compute->const_vectors : x_Td.new_empty({0, o.d_model});
       const at::Tensor g =
@@ -136,6 +140,7 @@ MoEOutput MoELayerImpl::forward(const at::Tensor& x,
       pending_load_ = pending_load_.defined() ? pending_load_ + r.expert_load : r.expert_load.clone();
     }
   } else {
+    TORCH_CHECK(!ep_, "MoELayer: router 'expert_choice' does not run under expert parallelism");
     const ops::ExpertChoiceRouting r =
         ops::route_expert_choice(logits, o.capacity_factor, o.top_k, o.score_func);
     const at::Tensor rows = ops::permute_tokens(x_Td, r.token_index, r.expert_index);
@@ -157,6 +162,62 @@ MoEOutput MoELayerImpl::forward(const at::Tensor& x,
   out.aux_loss = out.load_balancing_loss * o.aux_loss_coeff + out.z_loss * o.z_loss_coeff +
                  out.seq_aux_loss * o.seq_aux_loss_coeff;
   return out;
+}
+
+void MoELayerImpl::enable_expert_parallel(std::shared_ptr<ExpertParallelism> ep) {
+  const MoELayerOptions& o = options_;
+  TORCH_CHECK_VALUE(ep != nullptr, "MoELayer.enable_expert_parallel: expected an ExpertParallelism, got null");
+  TORCH_CHECK_VALUE(!ep_, "MoELayer.enable_expert_parallel: expert parallelism is already enabled");
+  TORCH_CHECK_VALUE(o.router == "topk", "MoELayer.enable_expert_parallel: router '", o.router,
+                    "' is not supported under expert parallelism (expert choice ranks every "
+                    "rank's tokens per expert; not implemented); use router: topk");
+  TORCH_CHECK_VALUE(ep->num_experts() == o.num_experts, "MoELayer.enable_expert_parallel: the "
+                    "placement has ", ep->num_experts(), " experts but the layer num_experts = ",
+                    o.num_experts);
+  const std::vector<int64_t> ids = ep->local_experts();
+  TORCH_CHECK_VALUE(!ids.empty(), "MoELayer.enable_expert_parallel: this rank holds no expert");
+  for (size_t i = 0; i < ids.size(); ++i) {
+    TORCH_CHECK_VALUE(ids[i] >= 0 && ids[i] < o.num_experts && (i == 0 || ids[i] > ids[i - 1]),
+                      "MoELayer.enable_expert_parallel: local expert ids must be ascending in [0, ",
+                      o.num_experts, "), got ", c10::IntArrayRef(ids));
+  }
+  GroupedExperts local(static_cast<int64_t>(ids.size()), o.d_model, o.ffn_hidden, o.activation,
+                       o.init_std);
+  local->to(experts->up_proj.device(), experts->up_proj.scalar_type());
+  const at::Tensor index = at::tensor(ids, at::kLong).to(experts->up_proj.device());
+  {
+    const torch::NoGradGuard no_grad;
+    if (experts->gate_proj.defined()) local->gate_proj.copy_(experts->gate_proj.index_select(0, index));
+    local->up_proj.copy_(experts->up_proj.index_select(0, index));
+    local->down_proj.copy_(experts->down_proj.index_select(0, index));
+  }
+  experts = replace_module("experts", local);
+  ep_ = std::move(ep);
+}
+
+std::vector<int64_t> MoELayerImpl::local_expert_ids() const {
+  if (ep_) return ep_->local_experts();
+  std::vector<int64_t> all(options_.num_experts);
+  for (int64_t e = 0; e < options_.num_experts; ++e) all[e] = e;
+  return all;
+}
+
+void MoELayerImpl::load_global_expert_weights(const at::Tensor& gate_proj, const at::Tensor& up_proj,
+                                              const at::Tensor& down_proj) {
+  const at::Tensor index = at::tensor(local_expert_ids(), at::kLong).to(experts->up_proj.device());
+  const torch::NoGradGuard no_grad;
+  auto load = [&](at::Tensor& param, const at::Tensor& full, const char* name) {
+    const int64_t E = options_.num_experts;
+    TORCH_CHECK_VALUE(full.defined() && full.dim() == 3 && full.size(0) == E &&
+                          full.size(1) == param.size(1) && full.size(2) == param.size(2),
+                      "MoELayer.load_global_expert_weights: expected ", name, " of shape [", E,
+                      ", ", param.size(1), ", ", param.size(2), "] (all experts), got ",
+                      full.defined() ? full.sizes() : c10::IntArrayRef{});
+    param.copy_(full.to(param.device()).index_select(0, index));
+  };
+  if (experts->gate_proj.defined()) load(experts->gate_proj, gate_proj, "gate_proj");
+  load(experts->up_proj, up_proj, "up_proj");
+  load(experts->down_proj, down_proj, "down_proj");
 }
 
 void MoELayerImpl::update_selection_bias() {

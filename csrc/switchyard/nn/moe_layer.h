@@ -11,15 +11,23 @@
 // Submodules (and so state_dict keys): router, experts, shared_experts (num_shared_experts
 // > 0), shared_expert_gate (shared_expert_gate), zero_compute (the constant experts'
 // parameters, num_constant_experts > 0). docs/moe_layer.md describes the semantics and the statistics.
+//
+// Expert parallelism (docs/dispatch.md): enable_expert_parallel(ep) keeps only this rank's
+// experts in `experts` ([E_local, ...], rows in ascending global id) and runs the routed
+// experts through `ep` (the all-to-all dispatcher); everything else -- router, balancing,
+// shared and zero-computation experts -- stays local to the rank's tokens.
 #pragma once
 
 #include <torch/nn/module.h>
 #include <torch/nn/modules/linear.h>
 #include <torch/nn/pimpl.h>
 
+#include <memory>
 #include <optional>
+#include <vector>
 
 #include "switchyard/nn/constant_experts.h"
+#include "switchyard/nn/expert_parallelism.h"
 #include "switchyard/nn/experts.h"
 #include "switchyard/nn/mlp.h"
 #include "switchyard/nn/moe_options.h"
@@ -59,6 +67,20 @@ class MoELayerImpl : public torch::nn::Module {
   // bias_update_rate is 0 or no training forward ran.
   void update_selection_bias();
 
+  // Distribute the routed experts: `experts` shrinks to ep->local_experts() (their current
+  // weights are kept, so a layer built with the same seed on every rank holds exactly the
+  // single-process weights) and forward sends routed tokens through `ep`. Top-k routers
+  // only; call once, before creating the optimizer.
+  void enable_expert_parallel(std::shared_ptr<ExpertParallelism> ep);
+  const std::shared_ptr<ExpertParallelism>& expert_parallelism() const { return ep_; }
+  // Global ids of the experts this layer holds, ascending (all E without expert parallelism).
+  std::vector<int64_t> local_expert_ids() const;
+  // Copies the rows of this layer's experts out of full [E, ...] tensors (e.g. a
+  // single-process state_dict's experts.*), whatever the placement. gate_proj may be
+  // undefined for gelu experts.
+  void load_global_expert_weights(const at::Tensor& gate_proj, const at::Tensor& up_proj,
+                                  const at::Tensor& down_proj);
+
   void reset_parameters();
   void pretty_print(std::ostream& stream) const override;
   const MoELayerOptions& options() const { return options_; }
@@ -75,6 +97,7 @@ class MoELayerImpl : public torch::nn::Module {
 
   MoELayerOptions options_;
   at::Tensor pending_load_;  // expert loads summed since the last update_selection_bias
+  std::shared_ptr<ExpertParallelism> ep_;  // null: every expert is local
 };
 TORCH_MODULE(MoELayer);
 

@@ -15,7 +15,10 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include <optional>
 #include <string>
+#include <tuple>
+#include <utility>
 
 #include "kernels/permute/permute_cpu.h"
 #include "switchyard/ops/permute.h"
@@ -38,16 +41,17 @@ void check_row_dtype(const char* op, const char* name, const at::Tensor& t) {
 
 void check_same_device(const char* op, const char* name, const at::Tensor& t,
                        const char* ref_name, const at::Tensor& ref) {
-  TORCH_CHECK(t.device() == ref.device(), op, ": ", name, " must be on ", ref_name,
-              "'s device (", ref.device(), "), got one on ", t.device());
+  TORCH_CHECK(t.device() == ref.device(), op, ": ", name, " must be on the same device as ",
+              ref_name, " (", ref.device(), "), got one on ", t.device());
 }
 
 // token_index and expert_index: 1-D int64 of one length S on `ref`'s device.
 void check_index_pair(const char* op, const at::Tensor& token_index,
                       const at::Tensor& expert_index, const char* ref_name,
                       const at::Tensor& ref) {
-  for (const auto& [name, t] : {std::pair<const char*, const at::Tensor*>{"token_index", &token_index},
-                                {"expert_index", &expert_index}}) {
+  using Named = std::pair<const char*, const at::Tensor*>;
+  for (const auto& [name, t] :
+       {Named{"token_index", &token_index}, Named{"expert_index", &expert_index}}) {
     TORCH_CHECK(t->dim() == 1 && t->scalar_type() == at::kLong, op, ": ", name,
                 " must be a 1-D int64 tensor [num_slots], got a ", t->scalar_type(),
                 " tensor of shape ", t->sym_sizes());
@@ -108,7 +112,8 @@ at::ScalarType row_acc_dtype(const at::Tensor& rows) {
 
 void check_permute_tokens(const at::Tensor& x, const at::Tensor& token_index,
                           const at::Tensor& expert_index) {
-  TORCH_CHECK(x.dim() == 2, "permute_tokens: x must be a 2-D tensor [num_tokens, hidden], got shape ",
+  TORCH_CHECK(x.dim() == 2,
+              "permute_tokens: x must be a 2-D tensor [num_tokens, hidden], got shape ",
               x.sym_sizes());
   check_row_dtype("permute_tokens", "x", x);
   check_index_pair("permute_tokens", token_index, expert_index, "x", x);
@@ -196,7 +201,9 @@ UnpermuteBackwardCall prepare_unpermute_tokens_backward(
   }
   const int64_t S = call.token_index.size(0), d = rows.size(1);
   if (rows_grad) call.grad_rows = at::empty({S, d}, call.grad_y.options());
-  if (weights_grad) call.grad_weights = at::empty({S}, call.grad_y.options().dtype(row_acc_dtype(rows)));
+  if (weights_grad) {
+    call.grad_weights = at::empty({S}, call.grad_y.options().dtype(row_acc_dtype(rows)));
+  }
   call.params = params_for(rows, call.grad_y.size(0), S, d);
   return call;
 }

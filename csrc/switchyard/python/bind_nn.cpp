@@ -6,6 +6,8 @@
 //   _C.nn.MoELayerOptions   every field read/write; validate(); from_config(cfg)
 //   _C.nn.MoELayer(options) forward(x, prev_router_logits=None) -> MoEOutput
 //   _C.nn.MoEOutput         read-only tensors
+//   _C.nn.ExpertParallelism the expert-parallel strategy interface (switchyard._C.dispatch
+//                           .ExpertParallel implements it); MoELayer.enable_expert_parallel
 #include <torch/python.h>
 
 #include <pybind11/pybind11.h>
@@ -54,6 +56,11 @@ void bind_nn(py::module_& m) {
       .def_readonly("num_dropped", &MoEOutput::num_dropped)
       .def_readonly("real_experts_per_token", &MoEOutput::real_experts_per_token);
 
+  py::class_<nn::ExpertParallelism, std::shared_ptr<nn::ExpertParallelism>>(
+      mod, "ExpertParallelism", "How an MoELayer runs routed experts spread over ranks.")
+      .def_property_readonly("num_experts", &nn::ExpertParallelism::num_experts)
+      .def_property_readonly("local_experts", &nn::ExpertParallelism::local_experts);
+
   // force_enable = true: forward is bound below with its keyword argument and default.
   torch::python::bind_module<MoELayerImpl, /*force_enable=*/true>(mod, "MoELayer")
       .def(py::init<MoELayerOptions>(), py::arg("options"))
@@ -61,6 +68,19 @@ void bind_nn(py::module_& m) {
            py::arg("prev_router_logits") = py::none())
       .def("update_selection_bias", &MoELayerImpl::update_selection_bias,
            "Apply the aux-loss-free bias update from the loads seen since the last call.")
+      .def("enable_expert_parallel",
+           [](MoELayerImpl& layer, std::shared_ptr<nn::ExpertParallelism> ep) {
+             try {
+               layer.enable_expert_parallel(std::move(ep));
+             } catch (const c10::ValueError& e) {
+               throw py::value_error(e.what_without_backtrace());
+             }
+           },
+           py::arg("ep"), "Keep only this rank's experts and dispatch routed tokens through ep.")
+      .def("local_expert_ids", &MoELayerImpl::local_expert_ids)
+      .def("load_global_expert_weights", &MoELayerImpl::load_global_expert_weights,
+           py::arg("gate_proj"), py::arg("up_proj"), py::arg("down_proj"),
+           "Copy this layer's experts' rows out of full [E, ...] tensors.")
       .def("reset_parameters", &MoELayerImpl::reset_parameters)
       .def_property_readonly("options", &MoELayerImpl::options);
 }

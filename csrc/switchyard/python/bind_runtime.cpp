@@ -4,6 +4,7 @@
 
 #include "switchyard/python/bindings.h"
 #include "switchyard/runtime/device.h"
+#include "switchyard/runtime/host_allocator.h"
 #include "switchyard/runtime/runtime.h"
 
 namespace py = pybind11;
@@ -26,6 +27,9 @@ void bind_runtime(py::module_& m) {
   m.def("init", &runtime::init, py::return_value_policy::copy,
         "Initialise MPI once and return this process's ProcessInfo.");
   m.def("is_initialized", &runtime::is_initialized);
+  m.def("tune_host_allocator", &runtime::tune_host_allocator,
+        "Keep large host buffers in the heap between steps (glibc); init() does it too. "
+        "Returns whether the setting is in effect.");
   m.def("finalize", &runtime::finalize, "Finalise MPI (idempotent).");
   m.def("select_device", &runtime::select_device,
         "The CUDA device of this rank's local rank when a GPU is visible, else the CPU.");

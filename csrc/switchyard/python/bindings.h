@@ -8,5 +8,7 @@ namespace switchyard::python {
 void bind_runtime(pybind11::module_& m);
 void bind_config(pybind11::module_& m);
 void bind_nn(pybind11::module_& m);
+void bind_comm(pybind11::module_& m);
+void bind_dispatch(pybind11::module_& m);
 
 }  // namespace switchyard::python

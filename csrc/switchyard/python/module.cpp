@@ -3,8 +3,10 @@
 #include "switchyard/python/bindings.h"
 
 PYBIND11_MODULE(_C, m) {
-  m.doc() = "switchyard C++ core: runtime, configuration, operators and modules";
+  m.doc() = "switchyard C++ core: runtime, configuration, operators, modules and communication";
   switchyard::python::bind_runtime(m);
   switchyard::python::bind_config(m);
   switchyard::python::bind_nn(m);
+  switchyard::python::bind_comm(m);
+  switchyard::python::bind_dispatch(m);
 }

@@ -8,6 +8,7 @@
 #include <mutex>
 
 #include "switchyard/common/error.h"
+#include "switchyard/runtime/host_allocator.h"
 
 namespace switchyard::runtime {
 namespace {
@@ -30,6 +31,7 @@ void check_mpi(int rc, const char* what) {
 const ProcessInfo& init() {
   std::lock_guard<std::mutex> lock(g_mutex);
   if (g_initialized) return g_info;
+  tune_host_allocator();  // Note [Page faults of large activations]
 
   int already = 0;
   check_mpi(MPI_Initialized(&already), "MPI_Initialized");

@@ -1,0 +1,28 @@
+#include "switchyard/dispatch/expert_parallel.h"
+
+#include <c10/util/Exception.h>
+
+#include "switchyard/nn/experts.h"
+
+namespace switchyard::dispatch {
+
+ExpertParallel::ExpertParallel(comm::Communicator group, ExpertPlacement placement)
+    : dispatcher_(std::move(group), std::move(placement)) {}
+
+std::vector<int64_t> ExpertParallel::local_experts() const {
+  return dispatcher_.placement().local_experts(dispatcher_.group().rank());
+}
+
+at::Tensor ExpertParallel::run_routed(const at::Tensor& x_Td, const ops::Routing& routing,
+                                      nn::GroupedExpertsImpl& local_experts) {
+  const int64_t L = static_cast<int64_t>(this->local_experts().size());
+  TORCH_CHECK_VALUE(local_experts.num_experts() == L, "ExpertParallel: this rank holds ", L,
+                    " experts but the layer's local GroupedExperts has ",
+                    local_experts.num_experts(), "; call enable_expert_parallel on the layer");
+  const DispatchResult d = dispatcher_.dispatch(x_Td, routing);
+  const at::Tensor out = local_experts.forward(d.expert_rows, d.local_counts);
+  last_stats_ = d.handle->stats;
+  return dispatcher_.combine(*d.handle, out);
+}
+
+}  // namespace switchyard::dispatch
