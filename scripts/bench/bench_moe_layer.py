@@ -10,7 +10,8 @@ SwiGLU experts (Mixtral), no auxiliary loss:
   vec    (b) the best plain-PyTorch version written here: router, topk, a stable sort of the
          slots by expert, index_select of the rows, one fused gate|up matmul and one down
          matmul per expert on contiguous row blocks, SwiGLU, index_add_ weighted combine
-  gmm    (b') like vec, but the per-expert products are torch._grouped_mm calls (optional)
+  gmm    (b') like vec, but the expert products are two torch._grouped_mm calls (PyTorch's
+         grouped GEMM, private API) instead of a Python loop
   floor  (c) the expert matrix products alone on rows already grouped by expert (the block
          sizes of the real routing): forward X@Wg, X@Wu, A@Wd and backward dA = dY@Wd^T,
          dWd = A^T@dY, dWg = X^T@dH, dWu = X^T@dU, dX = dH@Wg^T + dU@Wu^T (addmm), one
@@ -29,13 +30,15 @@ each step allocates its gradients as training does), median of --repeats runs af
 machine hits all of them. All in one process with --threads intra-op threads
 (torch.set_num_threads; OMP_NUM_THREADS is set to the same before torch loads).
 
-Large tensors on CPU: glibc serves blocks over 32 MiB (its largest mmap threshold) with a
-fresh mmap() each time, so a step that allocates whole-batch activations (MoELayer's
-[T*k, ffn] buffers are 64 MiB at the first size) takes a page fault per 4 KiB page on
-first touch, every step, while a loop over experts allocates blocks small enough for the
-heap to recycle. --heap-reuse times with mmap disabled (MALLOC_MMAP_MAX_=0) and no heap
-trimming, which is what a caching allocator (jemalloc, tcmalloc) gives. Both are real
-configurations; docs/moe_benchmark_notes.md reports both.
+Allocator (CPU): glibc serves blocks over its mmap threshold (at most 32 MiB by default)
+with a fresh mmap() each time, so a step that allocates whole-batch activations
+(MoELayer's [T*k, ffn] buffers are 64 MiB at the first size) takes a page fault per 4 KiB
+page on first touch, every step, while a loop over experts allocates blocks small enough
+for the heap to recycle. switchyard.init() raises glibc's mmap and trim thresholds
+(switchyard.tune_host_allocator(), Note [Page faults of large activations]). With
+--allocator tuned (the default) the script calls it first, so every variant runs with
+it; --allocator system keeps glibc's defaults (SWITCHYARD_HOST_ALLOCATOR=system), as a
+user who never calls switchyard.init() gets.
 
 Peak memory (CPU): each variant runs once more in its own subprocess. It sets up its
 weights, input and upstream gradient, warms up on 256 tokens (one-time allocations:
@@ -43,14 +46,14 @@ thread pools, library workspaces), resets the kernel's peak-RSS mark (writing 5 
 /proc/self/clear_refs), takes the RSS as the baseline, runs one full-size step and reports
 VmHWM - baseline: the extra resident memory of the step (activations, saved tensors,
 gradients). glibc's mmap threshold is fixed at 128 KiB in those subprocesses
-(MALLOC_MMAP_THRESHOLD_) so freed large blocks go back to the OS and RSS follows the live
-bytes instead of the allocator's cache. On CUDA: torch.cuda.max_memory_allocated() minus
+(MALLOC_MMAP_THRESHOLD_, whatever --allocator says) so freed large blocks go back to the
+OS and RSS follows the live bytes instead of the allocator's cache. On CUDA: torch.cuda.max_memory_allocated() minus
 the allocated bytes before the step, in the main process.
 
     python scripts/bench/bench_moe_layer.py                       # CPU, float32, 2 threads
     python scripts/bench/bench_moe_layer.py --markdown            # table for docs
     python scripts/bench/bench_moe_layer.py --sizes 2048x256x512x8x2 --repeats 3
-    python scripts/bench/bench_moe_layer.py --heap-reuse          # no page faults for big tensors
+    python scripts/bench/bench_moe_layer.py --allocator system    # glibc's default thresholds
     python scripts/bench/bench_moe_layer.py --device cuda --dtype bfloat16
 """
 
@@ -74,24 +77,22 @@ def _parse_args(argv=None):
     p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float64"])
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--variants", default="ours,hf,vec,floor,gfloor",
+    p.add_argument("--variants", default="ours,hf,vec,gmm,floor,gfloor",
                    help="comma-separated among ours,hf,vec,gmm,floor,gfloor")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--no-check", action="store_true", help="skip the check that the variants agree")
     p.add_argument("--markdown", action="store_true", help="print the table in Markdown")
-    p.add_argument("--heap-reuse", action="store_true",
-                   help="time with glibc's heap reused across steps (MALLOC_MMAP_MAX_=0, no trimming), as "
-                        "a caching allocator would: no page faults for fresh large tensors")
+    p.add_argument("--allocator", default="tuned", choices=["tuned", "system"],
+                   help="tuned: switchyard.tune_host_allocator() for the whole process, as switchyard.init() "
+                        "does (default); system: glibc's defaults")
     p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: VARIANT for a memory subprocess
     return p.parse_args(argv)
 
 
 ARGS = _parse_args()
 os.environ["OMP_NUM_THREADS"] = str(ARGS.threads)
-# --heap-reuse: glibc reads its tuning variables at start-up, so restart with them set.
-if ARGS.heap_reuse and not ARGS.worker and os.environ.get("MALLOC_MMAP_MAX_") != "0":
-    os.execve(sys.executable, [sys.executable, *sys.argv],
-              dict(os.environ, MALLOC_MMAP_MAX_="0", MALLOC_TRIM_THRESHOLD_=str(1 << 40)))
+if ARGS.allocator == "system" or ARGS.worker:
+    os.environ["SWITCHYARD_HOST_ALLOCATOR"] = "system"
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -359,8 +360,8 @@ def worker(variant, size, dtype):
 
 
 def measure_memory_cpu(variant, size_text, dtype_name, threads):
-    env = {k: v for k, v in os.environ.items() if k not in ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_")}
-    env.update(MALLOC_MMAP_THRESHOLD_="131072", OMP_NUM_THREADS=str(threads))
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", OMP_NUM_THREADS=str(threads),
+               SWITCHYARD_HOST_ALLOCATOR="system")
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", variant, "--sizes", size_text,
            "--dtype", dtype_name, "--threads", str(threads)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -399,7 +400,7 @@ def bench_size(size_text, dtype, device, variants):
     steps, forwards = {}, {}
     for v in variants:
         steps[v], forwards[v] = BUILDERS[v](size, dtype, device)
-    heap = "heap reused" if os.environ.get("MALLOC_MMAP_MAX_") == "0" else "default glibc malloc"
+    heap = "allocator tuned" if ALLOCATOR_TUNED else "glibc default allocator"
     print(f"\nT={size['T']} d={size['d']} ffn={size['f']} E={size['E']} k={size['k']}  {dtype} {device}"
           f"  threads={torch.get_num_threads()}  {heap}  load avg {os.getloadavg()[0]:.2f}")
     if not ARGS.no_check:
@@ -428,10 +429,20 @@ def bench_size(size_text, dtype, device, variants):
     return size, {v: statistics.median(ts) for v, ts in times.items()}, {v: min(ts) for v, ts in times.items()}, memory
 
 
+ALLOCATOR_TUNED = False
+
+
 def main():
+    global ALLOCATOR_TUNED
     if ARGS.worker:
         worker(ARGS.worker, parse_size(ARGS.sizes), DTYPES[ARGS.dtype])
         return
+    if ARGS.allocator == "tuned" and ARGS.device == "cpu":
+        import switchyard
+
+        ALLOCATOR_TUNED = switchyard.tune_host_allocator()
+        if not ALLOCATOR_TUNED:
+            print("note: switchyard.tune_host_allocator() did not apply (not glibc?): glibc defaults")
     device = ARGS.device
     if device == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: no CUDA device visible")

@@ -594,7 +594,7 @@ def test_trains_inside_a_user_model_with_adamw():
         opt.zero_grad()
         (loss + aux).backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     assert losses[-1] < 0.5 * losses[0], losses
     assert not torch.equal(before, dict(model.moe.named_parameters())["experts.up_proj"])
     # A Sequential of the user's own modules around it works too.
