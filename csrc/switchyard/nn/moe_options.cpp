@@ -111,33 +111,9 @@ MoELayerOptions moe_options_from_config(const config::Config& config) {
   MoELayerOptions o;
   o.d_model = config.model.d_model;
   o.init_std = config.model.init_std;
-  o.num_experts = m.num_experts;
-  o.top_k = m.top_k;
-  o.ffn_hidden = m.ffn_hidden;
-  o.activation = m.activation;
-  o.router = m.router;
-  o.score_func = m.score_func;
-  o.renormalize = m.renormalize;
-  o.scaling_factor = m.scaling_factor;
-  o.num_groups = m.num_groups;
-  o.topk_groups = m.topk_groups;
-  o.group_score = m.group_score;
-  o.capacity_factor = m.capacity_factor;
-  o.drop_policy = m.drop_policy;
-  o.num_shared_experts = m.num_shared_experts;
-  o.shared_ffn_hidden = m.shared_ffn_hidden;
-  o.shared_expert_gate = m.shared_expert_gate;
-  o.num_null_experts = m.num_null_experts;
-  o.num_zero_experts = m.num_zero_experts;
-  o.num_copy_experts = m.num_copy_experts;
-  o.num_constant_experts = m.num_constant_experts;
-  o.gating_residual = m.gating_residual;
-  o.jitter_eps = m.jitter_eps;
-  o.aux_loss_coeff = m.aux_loss_coeff;
-  o.z_loss_coeff = m.z_loss_coeff;
-  o.seq_aux_loss_coeff = m.seq_aux_loss_coeff;
-  o.bias_update_rate = m.bias_update_rate;
-  o.selection_bias = m.selection_bias;
+#define SY_COPY_FIELD(type, name) o.name = m.name;
+  SWITCHYARD_MOE_CONFIG_FIELDS(SY_COPY_FIELD)
+#undef SY_COPY_FIELD
   o.validate();
   return o;
 }

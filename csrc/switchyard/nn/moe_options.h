@@ -71,34 +71,37 @@ MoELayerOptions moe_options_from_config(const config::Config& config);
 
 }  // namespace switchyard::nn
 
+// X(type, name) for every field of MoELayerOptions that is also a key of the YAML moe:
+// section (same name, same type): moe_options_from_config copies exactly these.
+#define SWITCHYARD_MOE_CONFIG_FIELDS(X)                                                 \
+  X(int64_t, num_experts)                                                               \
+  X(int64_t, top_k)                                                                     \
+  X(int64_t, ffn_hidden)                                                                \
+  X(std::string, activation)                                                            \
+  X(std::string, router)                                                                \
+  X(std::string, score_func)                                                            \
+  X(bool, renormalize)                                                                  \
+  X(double, scaling_factor)                                                             \
+  X(int64_t, num_groups)                                                                \
+  X(int64_t, topk_groups)                                                               \
+  X(std::string, group_score)                                                           \
+  X(double, capacity_factor)                                                            \
+  X(std::string, drop_policy)                                                           \
+  X(int64_t, num_shared_experts)                                                        \
+  X(int64_t, shared_ffn_hidden)                                                         \
+  X(bool, shared_expert_gate)                                                           \
+  X(int64_t, num_null_experts)                                                          \
+  X(int64_t, num_zero_experts)                                                          \
+  X(int64_t, num_copy_experts)                                                          \
+  X(int64_t, num_constant_experts)                                                      \
+  X(bool, gating_residual)                                                              \
+  X(double, jitter_eps)                                                                 \
+  X(double, aux_loss_coeff)                                                             \
+  X(double, z_loss_coeff)                                                               \
+  X(double, seq_aux_loss_coeff)                                                         \
+  X(double, bias_update_rate)                                                           \
+  X(bool, selection_bias)
+
 // X(type, name) for every field of MoELayerOptions, in declaration order.
-#define SWITCHYARD_MOE_OPTION_FIELDS(X)                                                  \
-  X(int64_t, d_model)                                                                    \
-  X(int64_t, num_experts)                                                                \
-  X(int64_t, top_k)                                                                      \
-  X(int64_t, ffn_hidden)                                                                 \
-  X(std::string, activation)                                                             \
-  X(std::string, router)                                                                 \
-  X(std::string, score_func)                                                             \
-  X(bool, renormalize)                                                                   \
-  X(double, scaling_factor)                                                              \
-  X(int64_t, num_groups)                                                                 \
-  X(int64_t, topk_groups)                                                                \
-  X(std::string, group_score)                                                            \
-  X(double, capacity_factor)                                                             \
-  X(std::string, drop_policy)                                                            \
-  X(int64_t, num_shared_experts)                                                         \
-  X(int64_t, shared_ffn_hidden)                                                          \
-  X(bool, shared_expert_gate)                                                            \
-  X(int64_t, num_null_experts)                                                           \
-  X(int64_t, num_zero_experts)                                                           \
-  X(int64_t, num_copy_experts)                                                           \
-  X(int64_t, num_constant_experts)                                                       \
-  X(bool, gating_residual)                                                               \
-  X(double, jitter_eps)                                                                  \
-  X(double, aux_loss_coeff)                                                              \
-  X(double, z_loss_coeff)                                                                \
-  X(double, seq_aux_loss_coeff)                                                          \
-  X(double, bias_update_rate)                                                            \
-  X(bool, selection_bias)                                                                \
-  X(double, init_std)
+#define SWITCHYARD_MOE_OPTION_FIELDS(X) \
+  X(int64_t, d_model) SWITCHYARD_MOE_CONFIG_FIELDS(X) X(double, init_std)
