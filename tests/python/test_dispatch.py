@@ -14,7 +14,7 @@ from switchyard.dispatch import ExpertPlacement
 
 SCRIPTS = Path(__file__).parent / "mpi_scripts"
 PARITY_CASES = ["basic", "top3_shared_zero_null", "capacity", "capacity_score", "sigmoid_groups",
-                "gelu_top4_bias"]
+                "gelu_top4_bias", "expert_choice"]
 
 
 def test_contiguous_placement_blocks_and_uneven_counts():
@@ -90,6 +90,18 @@ def test_placement_mismatch_names_the_rank(run_mpi):
     _expect_abort(run_mpi, 2, "placement_mismatch",
                   "rank 1 differs from rank 0 in expert placement (rank 0: ExpertPlacement(R=2, "
                   "[0, 0, 0, 0, 1, 1, 1, 1]), rank 1: ExpertPlacement(R=2, [0, 1, 0, 1, 0, 1, 0, 1]))")
+
+
+@pytest.mark.mpi
+def test_process_groups_check_the_config_without_being_asked(run_mpi):
+    _expect_abort(run_mpi, 2, "groups_config_mismatch",
+                  "rank 1 differs from rank 0 in model.d_model (rank 0: 256, rank 1: 128)")
+
+
+@pytest.mark.mpi
+def test_distribute_checks_the_placement_without_being_asked(run_mpi):
+    _expect_abort(run_mpi, 2, "distribute_placement_mismatch", "disagree on the expert placement",
+                  "rank 1 differs from rank 0 in expert placement")
 
 
 @pytest.mark.mpi

@@ -1,10 +1,13 @@
 #include "switchyard/comm/process_groups.h"
 
+#include "switchyard/comm/agreement.h"
 #include "switchyard/common/error.h"
 
 namespace switchyard::comm {
 
 ProcessGroups ProcessGroups::create(const config::Config& config, const Communicator& world) {
+  // Before anything sized from the config: a rank with another config fails here, named.
+  check_same_config(world, config);
   const int W = world.size();
   const int64_t EP = config.parallel.expert_parallel;
   const int64_t DP = config::resolved_data_parallel(config, W);  // validates against W

@@ -2,12 +2,17 @@
 
 #include <c10/util/Exception.h>
 
+#include "switchyard/comm/agreement.h"
 #include "switchyard/nn/experts.h"
 
 namespace switchyard::dispatch {
 
 ExpertParallel::ExpertParallel(comm::Communicator group, ExpertPlacement placement)
-    : dispatcher_(std::move(group), std::move(placement)) {}
+    : dispatcher_(std::move(group), std::move(placement)) {
+  // Ranks with different maps would exchange mismatched counts and hang or corrupt rows.
+  comm::check_same_fields(dispatcher_.group(), "the expert placement",
+                          {{"expert placement", dispatcher_.placement().to_string()}});
+}
 
 std::vector<int64_t> ExpertParallel::local_experts() const {
   return dispatcher_.placement().local_experts(dispatcher_.group().rank());

@@ -18,6 +18,8 @@ namespace switchyard::dispatch {
 
 class ExpertParallel : public nn::ExpertParallelism {
  public:
+  // Collective over `group`: fails on every rank, naming the ranks, when their placements
+  // differ (comm/agreement.h).
   ExpertParallel(comm::Communicator group, ExpertPlacement placement);
 
   int64_t num_experts() const override { return dispatcher_.placement().num_experts(); }

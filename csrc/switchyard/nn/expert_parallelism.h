@@ -28,7 +28,8 @@ class ExpertParallelism {
   virtual int64_t num_experts() const = 0;
   virtual std::vector<int64_t> local_experts() const = 0;
 
-  // x_Td [T,d] this rank's tokens, `routing` their top-k routing over global expert ids
+  // x_Td [T,d] this rank's tokens, `routing` their routing over global expert ids (top-k form;
+  // expert choice via ops::expert_choice_as_routing)
   // (kept slots in the grouped arrays; null / zero-computation / dropped slots never run),
   // local_experts the rank's experts. -> [T,d]: sum over each token's kept routed slots of
   // weight * expert(x). Collective over the expert-parallel group; differentiable w.r.t.

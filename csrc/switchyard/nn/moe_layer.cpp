@@ -140,12 +140,18 @@ MoEOutput MoELayerImpl::forward(const at::Tensor& x,
       pending_load_ = pending_load_.defined() ? pending_load_ + r.expert_load : r.expert_load.clone();
     }
   } else {
-    TORCH_CHECK(!ep_, "MoELayer: router 'expert_choice' does not run under expert parallelism");
+    // Under expert parallelism each rank's experts choose among that rank's tokens (the
+    // capacity applies per rank's batch, like top-k capacity); the choices then travel
+    // through the dispatcher in top-k form.
     const ops::ExpertChoiceRouting r =
         ops::route_expert_choice(logits, o.capacity_factor, o.top_k, o.score_func);
-    const at::Tensor rows = ops::permute_tokens(x_Td, r.token_index, r.expert_index);
-    const at::Tensor expert_rows = experts(rows, r.expert_counts);
-    y = ops::unpermute_tokens(expert_rows, r.token_index, r.expert_index, r.weights, T);
+    if (ep_) {
+      y = ep_->run_routed(x_Td, ops::expert_choice_as_routing(r, T), *experts);
+    } else {
+      const at::Tensor rows = ops::permute_tokens(x_Td, r.token_index, r.expert_index);
+      const at::Tensor expert_rows = experts(rows, r.expert_counts);
+      y = ops::unpermute_tokens(expert_rows, r.token_index, r.expert_index, r.weights, T);
+    }
     out.expert_counts = r.expert_counts;
     out.expert_load = r.expert_counts;
     out.num_dropped = r.num_unrouted_tokens;
@@ -168,9 +174,6 @@ void MoELayerImpl::enable_expert_parallel(std::shared_ptr<ExpertParallelism> ep)
   const MoELayerOptions& o = options_;
   TORCH_CHECK_VALUE(ep != nullptr, "MoELayer.enable_expert_parallel: expected an ExpertParallelism, got null");
   TORCH_CHECK_VALUE(!ep_, "MoELayer.enable_expert_parallel: expert parallelism is already enabled");
-  TORCH_CHECK_VALUE(o.router == "topk", "MoELayer.enable_expert_parallel: router '", o.router,
-                    "' is not supported under expert parallelism (expert choice ranks every "
-                    "rank's tokens per expert; not implemented); use router: topk");
   TORCH_CHECK_VALUE(ep->num_experts() == o.num_experts, "MoELayer.enable_expert_parallel: the "
                     "placement has ", ep->num_experts(), " experts but the layer num_experts = ",
                     o.num_experts);

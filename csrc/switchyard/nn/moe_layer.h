@@ -69,8 +69,9 @@ class MoELayerImpl : public torch::nn::Module {
 
   // Distribute the routed experts: `experts` shrinks to ep->local_experts() (their current
   // weights are kept, so a layer built with the same seed on every rank holds exactly the
-  // single-process weights) and forward sends routed tokens through `ep`. Top-k routers
-  // only; call once, before creating the optimizer.
+  // single-process weights) and forward sends routed tokens through `ep`. Both routers
+  // work; expert choice picks among each rank's own tokens. Call once, before creating
+  // the optimizer.
   void enable_expert_parallel(std::shared_ptr<ExpertParallelism> ep);
   const std::shared_ptr<ExpertParallelism>& expert_parallelism() const { return ep_; }
   // Global ids of the experts this layer holds, ascending (all E without expert parallelism).

@@ -64,4 +64,19 @@ ExpertChoiceRouting route_expert_choice(const at::Tensor& logits_TE, double capa
   return ExpertChoiceRouting{weights, token_index, expert_index, expert_counts, num_unrouted};
 }
 
+Routing expert_choice_as_routing(const ExpertChoiceRouting& r, int64_t num_tokens) {
+  const int64_t E = r.expert_counts.size(0), T = num_tokens;
+  TORCH_CHECK_VALUE(T >= 0, "expert_choice_as_routing: num_tokens must be >= 0, got ", T);
+  const at::Tensor slot_index = r.token_index * E + r.expert_index;
+  // index_put (not index_put_) keeps the weights differentiable; every (token, expert)
+  // pair appears at most once, so no accumulation order is involved.
+  const at::Tensor topk_weights =
+      at::zeros({T * E}, r.weights.options()).index_put({slot_index}, r.weights).view({T, E});
+  const at::Tensor topk_experts =
+      at::arange(E, r.token_index.options()).expand({T, E}).contiguous();
+  return Routing{topk_weights,    topk_experts,    r.token_index,
+                 r.expert_index,  slot_index,      r.weights,
+                 r.expert_counts, r.expert_counts, at::zeros({}, r.expert_counts.options())};
+}
+
 }  // namespace switchyard::ops

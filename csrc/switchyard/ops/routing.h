@@ -77,4 +77,11 @@ ExpertChoiceRouting route_expert_choice(const at::Tensor& logits_TE, double capa
                                         int64_t k = 1,
                                         const std::string& score_func = "softmax");
 
+// The expert-choice result in top-k form, for consumers that take a Routing (the
+// expert-parallel dispatcher): K = E columns, column e of a token is expert e, with
+// weight 0 and no grouped slot where expert e did not choose the token. The grouped
+// arrays are r's (all kept, by expert then token); nothing is dropped. Differentiable
+// w.r.t. r.weights. K = E makes the dispatcher's per-row metadata E ids and E weights.
+Routing expert_choice_as_routing(const ExpertChoiceRouting& r, int64_t num_tokens);
+
 }  // namespace switchyard::ops

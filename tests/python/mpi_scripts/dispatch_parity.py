@@ -30,6 +30,9 @@ CASES = {
     "sigmoid_groups": dict(num_experts=8, top_k=3, score_func="sigmoid", num_groups=4, topk_groups=2,
                            scaling_factor=2.0),
     "gelu_top4_bias": dict(num_experts=12, top_k=4, activation="gelu", selection_bias=True),
+    # Each rank's experts choose among the rank's own tokens, then travel in top-k form.
+    "expert_choice": dict(num_experts=8, top_k=2, router="expert_choice", capacity_factor=1.0,
+                          num_shared_experts=1),
 }
 
 
