@@ -1,0 +1,32 @@
+"""Train a model described by a YAML config.
+
+    mpirun -np 2 python -m switchyard.train --config configs/demo.yaml [--set key=value ...]
+    python -m switchyard.train --config configs/demo.yaml --set train.steps=10   # one process
+
+Every key of the config can be overridden with --set (docs/configuration.md). Rank 0 shows
+progress and writes the run directory (train.run_dir): metrics.csv, expert_load.csv,
+tensorboard/, run.json, config.yaml and the plots (loss.png, expert_load.png).
+"""
+
+import argparse
+import sys
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m switchyard.train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True, help="YAML config file (e.g. configs/demo.yaml)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one config key, e.g. --set train.steps=50 (repeatable)")
+    args = parser.parse_args(argv)
+
+    import switchyard
+    from switchyard.training.trainer import Trainer
+
+    switchyard.init()
+    cfg = switchyard.load_config(args.config, overrides=args.overrides)
+    Trainer(cfg, config_path=args.config).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
