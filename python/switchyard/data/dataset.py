@@ -174,12 +174,12 @@ def build_dataset(cfg, rank: int = 0, world_size: int = 1, cache_dir: Optional[s
     else:
         train_stream = stream
     train = TokenLoader(train_stream, seq_len, rank, world_size, seed, shuffle=True,
-                        name=f"train ({description})", vocab_size=vocab_limit)
+                        name=f"train split of {description}", vocab_size=vocab_limit)
     val = None
     if len(val_stream):
         try:
             val = TokenLoader(val_stream, seq_len, rank, world_size, seed, shuffle=False,
-                              name=f"val ({description})", vocab_size=vocab_limit)
+                              name=f"validation split of {description}", vocab_size=vocab_limit)
         except DataError as e:
             raise DataError(f"{e} (data.val_fraction {data.val_fraction} leaves {len(val_stream)} "
                             f"validation tokens)") from None

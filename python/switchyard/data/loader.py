@@ -47,7 +47,7 @@ class TokenLoader:
     data-parallel position. ``shuffle=False`` reads samples in order (validation)."""
 
     def __init__(self, tokens: np.ndarray, seq_len: int, rank: int, world_size: int,
-                 seed: int, shuffle: bool = True, name: str = "train", vocab_size: Optional[int] = None):
+                 seed: int, shuffle: bool = True, name: str = "train split", vocab_size: Optional[int] = None):
         if world_size < 1 or not 0 <= rank < world_size:
             raise DataError(f"rank {rank} is not in [0, world_size {world_size})")
         if seq_len < 1:
@@ -63,7 +63,7 @@ class TokenLoader:
         self.num_samples = (len(tokens) - 1) // seq_len if len(tokens) else 0
         if self.num_samples < world_size:
             raise DataError(
-                f"data.seq_len {seq_len} is too long for the {name} split: its {len(tokens)} tokens "
+                f"data.seq_len {seq_len} is too long for the {name}: its {len(tokens)} tokens "
                 f"give {self.num_samples} samples of seq_len + 1 tokens, fewer than the {world_size} "
                 f"data-parallel ranks need (one each); lower data.seq_len or add data")
         self.epoch = 0
@@ -127,13 +127,13 @@ class TokenLoader:
         the samples not yet read. Fails when the data or seq_len differ."""
         for key in ("seed", "epoch", "cursor", "num_samples", "seq_len"):
             if key not in state:
-                raise DataError(f"{self.name} data state: missing {key!r} (got keys {sorted(state)})")
+                raise DataError(f"data state of the {self.name}: missing {key!r} (got keys {sorted(state)})")
         for key, mine in (("num_samples", self.num_samples), ("seq_len", self.seq_len)):
             if int(state[key]) != mine:
-                raise DataError(f"{self.name} data state was saved with {key} {state[key]}, this run has "
+                raise DataError(f"data state of the {self.name} was saved with {key} {state[key]}, this run has "
                                 f"{mine}: the data or data.seq_len changed, so the position cannot be restored")
         if not 0 <= int(state["cursor"]) <= self.num_samples or int(state["epoch"]) < 0:
-            raise DataError(f"{self.name} data state: epoch {state['epoch']} / cursor {state['cursor']} "
+            raise DataError(f"data state of the {self.name}: epoch {state['epoch']} / cursor {state['cursor']} "
                             f"out of range for {self.num_samples} samples")
         self.seed = int(state["seed"])
         self.epoch = int(state["epoch"])
