@@ -280,3 +280,10 @@ def test_prepare_command(tmp_path, capsys):
     assert "unigram entropy of the train tokens" in out and "byte, 256 ids" in out
     assert main(args + ["data.path=/nonexistent.txt"]) == 1
     assert "error: data.path: /nonexistent.txt: no such file" in capsys.readouterr().err
+
+
+def test_config_refuses_bpe_without_room_for_merges():
+    from switchyard.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"model.vocab_size: vocab_size 256 leaves no room for merges"):
+        make_cfg(tokenizer="bpe", vocab_size=256)
