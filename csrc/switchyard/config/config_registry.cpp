@@ -172,9 +172,9 @@ std::vector<SectionInfo> build_registry() {
   {
     SectionBuilder<DataConfig> b(r, &Config::data, "data", "Where training tokens come from.");
     using D = DataConfig;
-    b.add(SY_KEY(D, source), "bundled: the small corpus shipped with switchyard; text: a UTF-8 file; jsonl: one {\"text\": ...} per line; tokens: a flat binary file of token ids.").one_of({"bundled", "text", "jsonl", "tokens"});
+    b.add(SY_KEY(D, source), "bundled: the World English Bible from Debian's sword-text-web (docs/data.md); text: UTF-8 files; jsonl: one {\"text\": ...} per line; tokens: a flat binary file of token ids.").one_of({"bundled", "text", "jsonl", "tokens"});
     b.add(SY_KEY(D, path), "File or directory to read; required unless source is bundled.");
-    b.add(SY_KEY(D, tokenizer), "byte (one token per byte, ids 0-255) or the path of a tokenizer.json.").items(check_nonempty, "not empty");
+    b.add(SY_KEY(D, tokenizer), "byte (one token per byte, ids 0-255); bpe (a byte-level BPE of model.vocab_size ids, trained once on the training split and cached); or the path of a tokenizer.json.").items(check_nonempty, "not empty");
     b.add(SY_KEY(D, seq_len), "Tokens per training sequence; at most model.max_seq_len.").at_least(1);
     b.add(SY_KEY(D, val_fraction), "Fraction of the data held out for validation.").at_least(0).less_than(1);
     b.add(SY_KEY(D, token_dtype), "Integer type of stored token ids (source tokens, and cached tokenisations).").one_of({"uint16", "uint32"});

@@ -237,6 +237,13 @@ std::vector<CrossKeyRule> build_rules() {
         if (c.data.tokenizer != "byte" || c.model.vocab_size >= 256) return "";
         return "vocab_size " + to_string(c.model.vocab_size) + " is below the 256 ids of the byte tokenizer";
       });
+  add({"model.vocab_size", "data.tokenizer"},
+      "`data.tokenizer: bpe` needs `model.vocab_size` >= 257 (the 256 bytes and the document separator).",
+      [](const Config& c, int) -> std::string {
+        if (c.data.tokenizer != "bpe" || c.model.vocab_size >= 257) return "";
+        return "vocab_size " + to_string(c.model.vocab_size) +
+               " leaves no room for merges: a bpe tokenizer needs the 256 byte ids and the separator";
+      });
   add({"launch.hostfile", "launch.hosts"}, "At most one of `launch.hosts` and `launch.hostfile` is set.",
       [](const Config& c, int) -> std::string {
         if (c.launch.hosts.empty() || c.launch.hostfile.empty()) return "";
