@@ -34,7 +34,7 @@ check_same_config = _C.dispatch.check_same_config
 TokenDispatcher = _C.dispatch.TokenDispatcher
 
 __all__ = ["ExpertPlacement", "ExpertParallel", "TokenDispatcher", "check_same_config", "distribute",
-           "load_global_state_dict"]
+           "distribute_model", "load_global_state_dict"]
 
 
 def distribute(layer, group, placement: Optional[ExpertPlacement] = None) -> ExpertParallel:
@@ -50,6 +50,26 @@ def distribute(layer, group, placement: Optional[ExpertPlacement] = None) -> Exp
     layer.cpp_module.enable_expert_parallel(ep)
     adopt_children(layer)  # `experts` is a new C++ module: refresh the Python views
     return ep
+
+
+def distribute_model(model, group, placement: Optional[ExpertPlacement] = None) -> list:
+    """Make every MoE block of ``model`` (a :class:`switchyard.nn.MoETransformer`)
+    expert-parallel over ``group``, as :func:`distribute` does for one layer.
+
+    ``placement`` (default: contiguous blocks) applies to every block. Each block gets its
+    own :class:`ExpertParallel`; they are returned in block order. Call once, before
+    creating the optimizer: the expert weights are replaced by this rank's rows.
+    """
+    layers = model.cpp_module.moe_layers()
+    if layers and placement is None:
+        placement = ExpertPlacement.contiguous(layers[0].options.num_experts, group.size)
+    eps = []
+    for layer in layers:
+        ep = ExpertParallel(group, placement)
+        layer.enable_expert_parallel(ep)
+        eps.append(ep)
+    adopt_children(model)  # new `experts` C++ modules: refresh every Python view
+    return eps
 
 
 def load_global_state_dict(layer, state_dict: Mapping[str, torch.Tensor], strict: bool = True):

@@ -15,7 +15,7 @@ Peers (transformers 5.x):
   norm_topk_prob and routed_scaling_factor.
 
 float64: the peers compute their routers in float32 even for float64 inputs (`.float()`,
-`.type(torch.float32)`, `softmax(dtype=torch.float)`). `_KeepFloat64` below removes exactly
+`.type(torch.float32)`, `softmax(dtype=torch.float)`). `hf_peers.KeepFloat64` removes exactly
 those down-casts while the peer runs (a TorchFunctionMode; the peer's code is unchanged),
 so the float64 comparison is a float64 computation on both sides.
 """
@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.overrides import TorchFunctionMode
 
 import switchyard
+from hf_peers import KeepFloat64 as _KeepFloat64
+from hf_peers import experts_to_ours as _experts_to_ours
+from hf_peers import mixtral_grads, mixtral_state_dict, qwen2_moe_grads, qwen2_moe_state_dict
 
 transformers = pytest.importorskip("transformers")
 from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3Config, DeepseekV3MoE  # noqa: E402
@@ -44,79 +46,11 @@ SHAPES = [(1, 1), (3, 37), (2, 50), (149,)]
 TOLERANCES = {torch.float32: (1e-5, 1e-5), torch.float64: (1e-10, 1e-10)}
 
 
-class _KeepFloat64(TorchFunctionMode):
-    """Drops the peers' float64 -> float32 casts of router tensors (see the module doc)."""
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = dict(kwargs or {})
-        self_t = args[0] if args and isinstance(args[0], torch.Tensor) else None
-        if self_t is not None and self_t.dtype == torch.float64:
-            if func is torch.Tensor.float:
-                return self_t
-            if func in (torch.Tensor.type, torch.Tensor.to):
-                target = args[1] if len(args) > 1 else kwargs.get("dtype")
-                if target is torch.float32 and len(args) <= 2 and set(kwargs) <= {"dtype"}:
-                    return self_t
-            if func in (torch.softmax, torch.nn.functional.softmax, torch.Tensor.softmax):
-                if kwargs.get("dtype") is torch.float32:
-                    kwargs.pop("dtype")
-        return func(*args, **kwargs)
-
-
 def _init_random_(module: torch.nn.Module, seed: int, std: float = 0.1) -> None:
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for _, p in sorted(module.named_parameters()):
             p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64) * std)
-
-
-# ---------------------------------------------------------------------------------------
-# Weight mappings. The peers store experts as gate_up_proj [E, 2f, d] (gate rows first,
-# then up rows; nn.Linear's [out, in]) and down_proj [E, d, f]; MoELayer stores
-# [E, in, out]: gate_proj/up_proj [E, d, f], down_proj [E, f, d].
-# ---------------------------------------------------------------------------------------
-
-
-def _experts_to_ours(gate_up_E2fd: torch.Tensor, down_Edf: torch.Tensor) -> dict[str, torch.Tensor]:
-    f = down_Edf.shape[2]
-    return {
-        "experts.gate_proj": gate_up_E2fd[:, :f, :].transpose(1, 2).contiguous(),
-        "experts.up_proj": gate_up_E2fd[:, f:, :].transpose(1, 2).contiguous(),
-        "experts.down_proj": down_Edf.transpose(1, 2).contiguous(),
-    }
-
-
-def _experts_grads_to_peer(grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    gate_up = torch.cat([grads["experts.gate_proj"].transpose(1, 2), grads["experts.up_proj"].transpose(1, 2)], dim=1)
-    return {"experts.gate_up_proj": gate_up, "experts.down_proj": grads["experts.down_proj"].transpose(1, 2)}
-
-
-def mixtral_state_dict(block: MixtralSparseMoeBlock) -> dict[str, torch.Tensor]:
-    sd = {"router.weight": block.gate.weight.detach().clone()}
-    sd.update(_experts_to_ours(block.experts.gate_up_proj.detach(), block.experts.down_proj.detach()))
-    return sd
-
-
-def mixtral_grads(grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    out = {"gate.weight": grads["router.weight"]}
-    out.update(_experts_grads_to_peer(grads))
-    return out
-
-
-def qwen2_moe_state_dict(block: Qwen2MoeSparseMoeBlock) -> dict[str, torch.Tensor]:
-    sd = mixtral_state_dict(block)  # same router and experts layout
-    for proj in ("gate_proj", "up_proj", "down_proj"):
-        sd[f"shared_experts.{proj}.weight"] = getattr(block.shared_expert, proj).weight.detach().clone()
-    sd["shared_expert_gate.weight"] = block.shared_expert_gate.weight.detach().clone()
-    return sd
-
-
-def qwen2_moe_grads(grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    out = mixtral_grads(grads)
-    for proj in ("gate_proj", "up_proj", "down_proj"):
-        out[f"shared_expert.{proj}.weight"] = grads[f"shared_experts.{proj}.weight"]
-    out["shared_expert_gate.weight"] = grads["shared_expert_gate.weight"]
-    return out
 
 
 def deepseek_v3_state_dict(block: DeepseekV3MoE) -> dict[str, torch.Tensor]:

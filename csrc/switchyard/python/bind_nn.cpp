@@ -8,6 +8,8 @@
 //   _C.nn.MoEOutput         read-only tensors
 //   _C.nn.ExpertParallelism the expert-parallel strategy interface (switchyard._C.dispatch
 //                           .ExpertParallel implements it); MoELayer.enable_expert_parallel
+//   _C.nn.MoETransformerOptions / MoETransformer / TransformerOutput: the language model
+//                           (bind_transformer.cpp)
 #include <torch/python.h>
 
 #include <pybind11/pybind11.h>
@@ -83,6 +85,8 @@ void bind_nn(py::module_& m) {
            "Copy this layer's experts' rows out of full [E, ...] tensors.")
       .def("reset_parameters", &MoELayerImpl::reset_parameters)
       .def_property_readonly("options", &MoELayerImpl::options);
+
+  bind_transformer(mod);
 }
 
 }  // namespace switchyard::python

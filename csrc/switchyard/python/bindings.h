@@ -8,6 +8,7 @@ namespace switchyard::python {
 void bind_runtime(pybind11::module_& m);
 void bind_config(pybind11::module_& m);
 void bind_nn(pybind11::module_& m);
+void bind_transformer(pybind11::module_& nn);  // called by bind_nn on _C.nn
 void bind_comm(pybind11::module_& m);
 void bind_dispatch(pybind11::module_& m);
 
