@@ -10,5 +10,6 @@ void bind_config(pybind11::module_& m);
 void bind_nn(pybind11::module_& m);
 void bind_comm(pybind11::module_& m);
 void bind_dispatch(pybind11::module_& m);
+void bind_sharding(pybind11::module_& m);
 
 }  // namespace switchyard::python
