@@ -70,6 +70,8 @@ class ShardedEngine:
             pg = _comm.groups(config, groups)
         opts = options if options is not None else ShardingOptions.from_config(config)
         self._engine = _C.sharding.ShardedEngine(model, pg, opts)
+        if hasattr(model, "cpp_module"):
+            adopt_children(model)  # expert parallelism replaced the MoE layers' `experts`
         self.model = model
         self.groups = pg
 

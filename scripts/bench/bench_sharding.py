@@ -80,6 +80,7 @@ def worker(args) -> None:
             "bytes_dense": last["bytes_gathered"] + last["bytes_reduced"],
             "bytes_analytic": engine.analytic_dense_bytes_per_micro_batch(),
             "max_units_gathered": last["max_units_gathered"],
+            "forward_fraction": statistics.median(r["forward_seconds"] / r["seconds"] for r in results),
         }), flush=True)
 
 
@@ -103,15 +104,16 @@ def driver(args) -> None:
         rows.append(json.loads(line[0][7:]))
     base = rows[0]
     md = ["| R | step ms | dense state / rank MiB | ideal unsharded/R MiB | ratio | allocator peak MiB | "
-          "bytes / step MiB | analytic MiB | engine / analytic |",
-          "|---|---|---|---|---|---|---|---|---|"]
+          "bytes / step MiB | analytic MiB | engine / analytic | forward share of step |",
+          "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ideal = r["unsharded_dense_bytes"] / r["R"]
         ratio = r["bytes_dense"] / r["bytes_analytic"] if r["bytes_analytic"] else float("nan")
         md.append(f"| {r['R']} | {r['step_ms']:.1f} | {mib(r['persistent_dense_bytes'])} | {mib(ideal)} | "
                   f"{r['persistent_dense_bytes'] / ideal:.4f} | {mib(r['allocator_peak_bytes'])} | "
                   f"{mib(r['bytes_dense'])} | {mib(r['bytes_analytic'])} | "
-                  + (f"{ratio:.4f}" if r["bytes_analytic"] else "— (no traffic)") + " |")
+                  + (f"{ratio:.4f}" if r["bytes_analytic"] else "— (no traffic)")
+                  + f" | {r['forward_fraction']:.2f} |")
     text = "\n".join(md)
     print(f"model: {base['dense_params']} dense parameters, largest unit {mib(base['largest_unit_bytes'])} MiB "
           f"(params + grad buffer), experts {mib(base['expert_bytes'])} MiB per rank")

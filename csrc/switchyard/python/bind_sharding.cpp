@@ -64,7 +64,7 @@ py::dict result_dict(const sharding::StepResult& r) {
 #define SY_FIELD(name) d[#name] = r.name;
   SY_FIELD(loss) SY_FIELD(aux_loss) SY_FIELD(grad_norm) SY_FIELD(clip_coef) SY_FIELD(clipped)
   SY_FIELD(skipped) SY_FIELD(loss_scale) SY_FIELD(bytes_gathered) SY_FIELD(bytes_reduced)
-  SY_FIELD(bytes_expert_reduced) SY_FIELD(max_units_gathered) SY_FIELD(seconds)
+  SY_FIELD(bytes_expert_reduced) SY_FIELD(max_units_gathered) SY_FIELD(seconds) SY_FIELD(forward_seconds)
 #undef SY_FIELD
   py::dict stats;
   for (const auto& [name, value] : r.stats) stats[py::str(name)] = value;

@@ -244,6 +244,7 @@ std::pair<at::Tensor, at::Tensor> ShardedEngine::forward_backward(const nn::Unit
   module_->train();
   std::vector<UnitRun> runs(num_units_);
   std::vector<at::Tensor> prev;
+  const auto forward_start = std::chrono::steady_clock::now();
   // 1. Forward, unit by unit.
   for (int64_t i = 0; i < num_units_; ++i) {
     gather_for(i, options_.prefetch, +1);
@@ -267,6 +268,8 @@ std::pair<at::Tensor, at::Tensor> ShardedEngine::forward_backward(const nn::Unit
     track_transient();
     prev = run.outputs;
   }
+  pending_.forward_seconds +=
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - forward_start).count();
   const std::vector<at::Tensor>& last = runs.back().outputs;
   TORCH_CHECK(last.size() == 1 && last[0].defined() && last[0].dim() == 0,
               "ShardedEngine: the last unit ('", seq_->unit_name(num_units_ - 1),
@@ -453,6 +456,7 @@ double ShardedEngine::eval_loss(const std::vector<nn::UnitBatch>& micro_batches)
   const bool was_training = module_->is_training();
   module_->eval();
   const torch::NoGradGuard no_grad;
+  const int64_t step_bytes = pending_.bytes_gathered;  // evaluation traffic is not a step's
   double total = 0;
   for (const nn::UnitBatch& batch : micro_batches) {
     std::vector<at::Tensor> prev;
@@ -467,7 +471,7 @@ double ShardedEngine::eval_loss(const std::vector<nn::UnitBatch>& micro_batches)
     }
     total += prev.at(0).item<double>();
   }
-  pending_.bytes_gathered = 0;  // evaluation traffic is not a step's
+  pending_.bytes_gathered = step_bytes;
   module_->train(was_training);
   at::Tensor t = at::tensor({total, static_cast<double>(micro_batches.size())}, at::kDouble);
   if (!flats_.empty()) t = t.to(flats_.front().grad_shard().device());

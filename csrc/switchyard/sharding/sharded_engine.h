@@ -65,6 +65,7 @@ struct StepResult {
   int64_t bytes_expert_reduced = 0;   // all-reduces of expert gradients
   int max_units_gathered = 0;         // most flat units holding memory at once
   double seconds = 0;
+  double forward_seconds = 0;  // the forward passes alone (what recomputation would repeat)
   // Per unit, the last micro-batch's stats, named "<unit>.<stat>".
   std::vector<std::pair<std::string, at::Tensor>> stats;
 };

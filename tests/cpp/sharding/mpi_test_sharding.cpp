@@ -155,4 +155,46 @@ TEST(ShardedEngine, ShardStateRoundTrip) {
   switchyard::comm::testing::expect_error([&] { engine->load_shard_state_dict(bad); }, {bad.begin()->first});
 }
 
+// bf16 compute, float32 masters: parameters are gathered in bf16, the update happens in
+// float32; losses follow the float32 reference to bf16 accuracy.
+TEST(ShardedEngine, Bfloat16ComputeFloat32Masters) {
+  st::Setup s;
+  s.dtype = at::kFloat;
+  auto c = st::make_config(2, true, 1, 1.0, "bf16");
+  auto model = st::make_model(s);
+  auto engine = ShardedEngine::from_config(model.ptr(), c, st::world());
+  st::Reference ref = st::make_reference(s, st::make_config(2, true, 1, 1.0, "fp32"));
+  for (int64_t step = 0; step < 3; ++step) {
+    const StepResult r = engine->step({st::make_batch(s, step, st::world().rank(), 0)}, 1e-2);
+    st::reference_step(ref, s, c, st::world().size(), step, 1e-2);
+    EXPECT_NEAR(r.loss, ref.losses.back(), 3e-2 * ref.losses.back()) << "step " << step;
+  }
+  EXPECT_EQ(model->embed->weight.scalar_type(), at::kBFloat16);
+  EXPECT_EQ(engine->shard_state_dict().at("embed.flat.param").scalar_type(), at::kFloat);
+}
+
+// fp16 with dynamic loss scaling: an overflow on one rank skips the step on every rank and
+// halves the scale; the next clean step updates.
+TEST(ShardedEngine, Float16OverflowSkipsEveryRankAndHalvesTheScale) {
+  st::Setup s;
+  s.dtype = at::kFloat;
+  auto c = st::make_config(1, true, 1, 1.0, "fp16");
+  auto model = st::make_model(s);
+  auto engine = ShardedEngine::from_config(model.ptr(), c, st::world());
+  const double scale = engine->loss_scale();
+  EXPECT_EQ(scale, 65536.0);
+  const auto before = engine->gather_dense_parameters();
+  engine->forward_backward(st::make_batch(s, 0, st::world().rank(), 0));
+  if (st::world().rank() == 1) engine->flat_units().back().grad_shard()[0] = INFINITY;
+  const StepResult r = engine->apply_step(1e-2);
+  EXPECT_TRUE(r.skipped);
+  EXPECT_EQ(engine->loss_scale(), scale / 2);
+  EXPECT_EQ(engine->optimizer_step(), 0);
+  for (const auto& [name, value] : engine->gather_dense_parameters()) EXPECT_TRUE(at::equal(value, before.at(name))) << name;
+  const StepResult ok = engine->step({st::make_batch(s, 1, st::world().rank(), 0)}, 1e-2);
+  EXPECT_FALSE(ok.skipped);
+  EXPECT_TRUE(std::isfinite(ok.loss));
+  EXPECT_EQ(engine->optimizer_step(), 1);
+}
+
 int main(int argc, char** argv) { return switchyard::comm::testing::run_all_tests_on_every_rank(argc, argv); }

@@ -14,6 +14,7 @@ import torch
 import switchyard
 import switchyard.comm as comm
 from switchyard.config import loads_config
+from switchyard.dispatch import ExpertPlacement
 from switchyard.nn import MoELayerOptions
 from switchyard.sharding import ShardedEngine, ToyMoEStack
 
@@ -71,8 +72,8 @@ def main():
     for name, value in engine.gather_dense_parameters().items():
         torch.testing.assert_close(value, ref_params[name].detach(), rtol=1e-9, atol=1e-11, msg=name)
     experts = engine.local_expert_parameters()
+    ids = torch.tensor(ExpertPlacement.contiguous(E, ep).local_experts(rank % ep))
     for b in range(1, BLOCKS, 2):
-        ids = torch.tensor(model._modules["blocks"]._modules[str(b)].cpp_module.local_expert_ids())
         for proj in ("gate_proj", "up_proj", "down_proj"):
             name = f"blocks.{b}.experts.{proj}"
             torch.testing.assert_close(experts[name], ref_params[name].detach()[ids], rtol=1e-9, atol=1e-11, msg=name)
