@@ -12,6 +12,11 @@ every rank holds every expert) with parallel.shard_dense = true for --steps step
   allocator_peak_bytes      the engine's counting allocator: every dense buffer it allocated
   bytes_dense               all-gathers received + reduce-scatters sent per step (engine count)
   bytes_analytic            ZeRO-3: (R-1)/R * params * (2 x 4 B gathered + 4 B reduced) per micro-batch
+  replicated_*              the baseline, in the same process, steps alternating: the same engine
+                            with parallel.shard_dense = false (replicated dense state, all-reduce)
+
+Weak scaling: every rank runs one micro-batch of --batch x --seq tokens, so the global batch
+grows with R; on the 2-core development VM, R = 4 oversubscribes the cores.
 
 Writes a markdown table (--markdown FILE) and a PNG (--plot FILE, when matplotlib is
 installed). Usage:
@@ -44,32 +49,44 @@ def worker(args) -> None:
     torch.manual_seed(0)
     moe = MoELayerOptions()
     moe.d_model, moe.num_experts, moe.top_k, moe.ffn_hidden = args.d_model, 4, 2, args.d_model
-    model = ToyMoEStack(args.vocab, args.blocks, 4 * args.d_model, moe)
-    cfg = loads_config("", overrides=["parallel.shard_dense=true", "train.grad_accum=1", "train.precision=fp32"])
-    engine = ShardedEngine(model, cfg, world)
+    engines = []
+    for shard in ("true", "false"):  # the baseline: the same engine with dense state replicated
+        torch.manual_seed(0)
+        model = ToyMoEStack(args.vocab, args.blocks, 4 * args.d_model, moe)
+        cfg = loads_config("", overrides=[f"parallel.shard_dense={shard}", "train.grad_accum=1",
+                                          "train.precision=fp32"])
+        engines.append(ShardedEngine(model, cfg, world))
+    engine, replicated = engines
     g = torch.Generator().manual_seed(world.rank)
 
     def batch():
         return [(torch.randint(args.vocab, (args.batch, args.seq), generator=g),
                  torch.randint(args.vocab, (args.batch, args.seq), generator=g))]
 
-    times, results = [], []
+    # The two engines alternate within every iteration, so load changes hit both alike.
+    times, base_times, results = [], [], []
     for i in range(args.warmup + args.steps):
-        world.barrier()
-        t0 = time.perf_counter()
-        out = engine.step(batch(), 1e-3)
-        dt = time.perf_counter() - t0
-        if i >= args.warmup:
-            times.append(dt)
-            results.append(out)
-    t = torch.tensor([statistics.median(times)], dtype=torch.float64)
+        b = batch()
+        for e, sink in ((engine, times), (replicated, base_times)):
+            world.barrier()
+            t0 = time.perf_counter()
+            out = e.step(b, 1e-3)
+            dt = time.perf_counter() - t0
+            if i >= args.warmup:
+                sink.append(dt)
+                if e is engine:
+                    results.append(out)
+    t = torch.tensor([statistics.median(times), statistics.median(base_times)], dtype=torch.float64)
     world.all_reduce(t, "max")
     mem = engine.memory_report()
+    base_mem = replicated.memory_report()
     last = results[-1]
     if world.rank == 0:
         print("RESULT " + json.dumps({
             "R": world.size,
-            "step_ms": t.item() * 1e3,
+            "step_ms": t[0].item() * 1e3,
+            "replicated_step_ms": t[1].item() * 1e3,
+            "replicated_dense_bytes": base_mem["persistent_dense_bytes"],
             "dense_params": mem["dense_numel"],
             "persistent_dense_bytes": mem["persistent_dense_bytes"],
             "unsharded_dense_bytes": mem["unsharded_dense_bytes"],
@@ -103,13 +120,16 @@ def driver(args) -> None:
             sys.exit(f"R={R} failed:\n{out.stdout}\n{out.stderr}")
         rows.append(json.loads(line[0][7:]))
     base = rows[0]
-    md = ["| R | step ms | dense state / rank MiB | ideal unsharded/R MiB | ratio | allocator peak MiB | "
+    md = ["| R | step ms sharded | step ms replicated | sharded / replicated | dense state / rank MiB | "
+          "replicated MiB | ideal unsharded/R MiB | ratio | allocator peak MiB | "
           "bytes / step MiB | analytic MiB | engine / analytic | forward share of step |",
-          "|---|---|---|---|---|---|---|---|---|---|"]
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ideal = r["unsharded_dense_bytes"] / r["R"]
         ratio = r["bytes_dense"] / r["bytes_analytic"] if r["bytes_analytic"] else float("nan")
-        md.append(f"| {r['R']} | {r['step_ms']:.1f} | {mib(r['persistent_dense_bytes'])} | {mib(ideal)} | "
+        md.append(f"| {r['R']} | {r['step_ms']:.1f} | {r['replicated_step_ms']:.1f} | "
+                  f"{r['step_ms'] / r['replicated_step_ms']:.2f} | {mib(r['persistent_dense_bytes'])} | "
+                  f"{mib(r['replicated_dense_bytes'])} | {mib(ideal)} | "
                   f"{r['persistent_dense_bytes'] / ideal:.4f} | {mib(r['allocator_peak_bytes'])} | "
                   f"{mib(r['bytes_dense'])} | {mib(r['bytes_analytic'])} | "
                   + (f"{ratio:.4f}" if r["bytes_analytic"] else "— (no traffic)")
@@ -134,7 +154,9 @@ def driver(args) -> None:
         a.plot(Rs, [r["persistent_dense_bytes"] / 2**20 for r in rows], "o-", label="engine")
         a.plot(Rs, [r["unsharded_dense_bytes"] / r["R"] / 2**20 for r in rows], "k--", label="unsharded / R")
         a.set_xlabel("ranks R"); a.set_ylabel("dense state per rank (MiB)"); a.legend(); a.set_xticks(Rs)
-        b.plot(Rs, [r["step_ms"] for r in rows], "o-")
+        b.plot(Rs, [r["step_ms"] for r in rows], "o-", label="sharded")
+        b.plot(Rs, [r["replicated_step_ms"] for r in rows], "s--", label="replicated (shard_dense=false)")
+        b.legend()
         b.set_xlabel("ranks R"); b.set_ylabel("step time (ms, 2-core CPU)"); b.set_xticks(Rs)
         fig.tight_layout()
         fig.savefig(args.plot, dpi=100)
