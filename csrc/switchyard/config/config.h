@@ -87,6 +87,7 @@ struct ParallelConfig {
   int64_t expert_parallel = 1;
   int64_t data_parallel = 0;  // 0 = world_size / expert_parallel
   bool shard_dense = false;
+  bool prefetch = true;
   std::string backend = "auto";
 };
 
@@ -104,6 +105,8 @@ struct TrainConfig {
   double eps = 1e-8;
   double grad_clip = 1.0;  // 0 = no clipping
   std::string precision = "fp32";
+  std::string reduce_precision = "fp32";
+  double loss_scale = 0.0;  // fp16 only: 0 = dynamic
   std::string device = "auto";
   int64_t eval_every = 100;  // 0 = never
   int64_t eval_steps = 10;

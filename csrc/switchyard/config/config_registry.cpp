@@ -144,6 +144,7 @@ std::vector<SectionInfo> build_registry() {
     b.add(SY_KEY(P, expert_parallel), "Ranks that share one copy of the experts, each holding num_experts / expert_parallel of them.").at_least(1);
     b.add(SY_KEY(P, data_parallel), "Expert-parallel groups (replicas of the experts); world size must be a multiple of expert_parallel * data_parallel. 0 = world size / expert_parallel.").at_least(0);
     b.add(SY_KEY(P, shard_dense), "Shard dense parameters, gradients and optimizer state across ranks (FSDP-style) instead of replicating them.");
+    b.add(SY_KEY(P, prefetch), "With shard_dense: overlap communication with compute -- issue the next unit's all-gather before running the current one and keep one gradient reduce-scatter in flight (up to two units' buffers at a time instead of one).");
     b.add(SY_KEY(P, backend), "Communication: mpi (CPU tensors), nccl (CUDA tensors), auto (nccl on CUDA, else mpi).").one_of({"auto", "mpi", "nccl"});
   }
   {
@@ -163,6 +164,8 @@ std::vector<SectionInfo> build_registry() {
     b.add(SY_KEY(T, eps), "AdamW denominator epsilon.").greater_than(0);
     b.add(SY_KEY(T, grad_clip), "Clip the global gradient norm to this value. 0 = no clipping.").at_least(0);
     b.add(SY_KEY(T, precision), "Compute precision: fp32, or autocast to bf16 / fp16 with fp32 master weights, or fp64 (for tests).").one_of({"fp32", "bf16", "fp16", "fp64"});
+    b.add(SY_KEY(T, reduce_precision), "Dtype of gradient reductions across ranks: fp32, or compute (the precision's dtype, half the bytes under bf16/fp16). fp64 runs reduce in fp64.").one_of({"fp32", "compute"});
+    b.add(SY_KEY(T, loss_scale), "fp16 only: the loss scale. 0 = dynamic (start at 65536, halve and skip the step on overflow, double after 2000 clean steps).").at_least(0);
     b.add(SY_KEY(T, device), "Where each rank computes: cpu, cuda (the local rank's GPU), auto (cuda when visible).").one_of({"auto", "cpu", "cuda"});
     b.add(SY_KEY(T, eval_every), "Evaluate on the validation split every this many steps. 0 = never.").at_least(0);
     b.add(SY_KEY(T, eval_steps), "Validation batches per evaluation.").at_least(1);

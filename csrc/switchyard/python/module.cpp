@@ -9,4 +9,5 @@ PYBIND11_MODULE(_C, m) {
   switchyard::python::bind_nn(m);
   switchyard::python::bind_comm(m);
   switchyard::python::bind_dispatch(m);
+  switchyard::python::bind_sharding(m);
 }
