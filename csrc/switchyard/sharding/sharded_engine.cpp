@@ -242,6 +242,7 @@ void ShardedEngine::gather_for(int64_t unit, bool prefetch, int direction) {
 
 std::pair<at::Tensor, at::Tensor> ShardedEngine::forward_backward(const nn::UnitBatch& batch) {
   module_->train();
+  pending_.stats.clear();  // a step reports its last micro-batch's statistics
   std::vector<UnitRun> runs(num_units_);
   std::vector<at::Tensor> prev;
   const auto forward_start = std::chrono::steady_clock::now();
