@@ -55,8 +55,8 @@ class ShardedEngine:
     ``.cpp_module``, or the bound C++ module itself); anything else raises ``TypeError``.
     Every rank must build it identically (same seed); its MoE layers become
     expert-parallel over ``parallel.expert_parallel`` ranks and its dense parameters
-    become views into the engine's buffers (read them through
-    :meth:`gather_dense_parameters`, not the model, outside a step).
+    belong to the engine: on more than one rank they are empty tensors between steps
+    (read them with :meth:`gather_dense_parameters`).
     ``config``: a :class:`switchyard.Config` (``parallel:`` and ``train:`` sections).
     ``groups``: a :class:`switchyard.comm.ProcessGroups`, or a world
     :class:`switchyard.comm.Communicator` to derive them from, or None (``comm.world()``).

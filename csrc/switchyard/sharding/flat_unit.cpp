@@ -73,9 +73,23 @@ FlatUnit::FlatUnit(std::string name, int64_t owner, std::vector<FlatParam> param
     if (lo < hi) decay_ranges_.emplace_back(lo - s0, hi - lo);
   }
   // 3. The parameters become views into the buffer (Note [Freeing gathered parameters]).
-  for (FlatParam& p : params_) p.param.set_data(full_.narrow(0, p.offset, p.numel).view(p.sizes));
+  bind_views();
   gathered_ = true;
   release();
+  unbind_views();
+}
+
+void FlatUnit::bind_views() {
+  if (views_bound_) return;
+  for (FlatParam& p : params_) p.param.set_data(full_.narrow(0, p.offset, p.numel).view(p.sizes));
+  views_bound_ = true;
+}
+
+void FlatUnit::unbind_views() {
+  if (!sharded_ || !views_bound_) return;
+  const at::Tensor empty = at::empty({0}, full_.options());
+  for (FlatParam& p : params_) p.param.set_data(empty);
+  views_bound_ = false;
 }
 
 at::Tensor FlatUnit::new_buffer(int64_t numel, at::ScalarType dtype) const {
@@ -114,6 +128,7 @@ void FlatUnit::wait_gather() {
   pending_gather_.reset();
   gather_input_ = at::Tensor();
   gathered_ = true;
+  bind_views();  // views need the bytes to exist when they are made (bounds check)
 }
 
 void FlatUnit::release() {

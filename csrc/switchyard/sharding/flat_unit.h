@@ -19,8 +19,9 @@
 // full_'s (set_data keeps the parameter's counter), so writes through full_ never invalidate
 // saved parameters either. This is the approach of PyTorch's FSDP1 (storage resize to 0).
 // Limits: an op that saves a *copy* of a parameter (e.g. a dtype conversion inside the
-// model) keeps that copy alive until backward -- correct, but outside our accounting; and
-// reading a released parameter outside step() is an error (its storage has no bytes).
+// model) keeps that copy alive until backward -- correct, but outside our accounting.
+// Between steps the parameters of sharded units are empty tensors (bind_views()), so
+// reading the model there sees no values instead of a storage without bytes.
 // The alternative -- recomputing each unit in backward (checkpointing) -- needs no storage
 // tricks but costs a second forward per unit; docs/sharding.md compares the two.
 //
@@ -79,6 +80,13 @@ class FlatUnit {
   int64_t start_gather();
   void wait_gather();  // completes a pending gather (starting one if none)
   void release();      // storage -> 0 bytes (sharded units only; see the Note)
+  // Outside a step a sharded unit's parameters are empty ([0]-shaped) tensors, so code
+  // that reads the model between steps sees nothing rather than a storage without bytes;
+  // wait_gather() makes them views into the buffer again (bind_views, metadata only);
+  // unbind_views() empties them: only while no autograd graph holds them (between
+  // micro-batches).
+  void bind_views();
+  void unbind_views();
   int64_t gathered_bytes() const;  // bytes the full buffer holds now
 
   // --- gradients -------------------------------------------------------------------------
@@ -132,7 +140,8 @@ class FlatUnit {
   comm::WorkHandle pending_reduce_;
 
   at::Tensor master_shard_, grad_shard_, exp_avg_, exp_avg_sq_;
-  bool master_is_full_ = false;  // replicated + same dtype: the master *is* the parameters' buffer
+  bool master_is_full_ = false;
+  bool views_bound_ = false;  // replicated + same dtype: the master *is* the parameters' buffer
   std::vector<std::pair<int64_t, int64_t>> decay_ranges_;
 };
 

@@ -242,6 +242,7 @@ void ShardedEngine::gather_for(int64_t unit, bool prefetch, int direction) {
 
 std::pair<at::Tensor, at::Tensor> ShardedEngine::forward_backward(const nn::UnitBatch& batch) {
   module_->train();
+  pending_.stats.clear();  // a step reports its last micro-batch's statistics
   std::vector<UnitRun> runs(num_units_);
   std::vector<at::Tensor> prev;
   const auto forward_start = std::chrono::steady_clock::now();
@@ -346,6 +347,7 @@ std::pair<at::Tensor, at::Tensor> ShardedEngine::forward_backward(const nn::Unit
   }
   for (size_t p : reducing) flats_[p].finish_reduce();
   track_transient();
+  for (FlatUnit& f : flats_) f.unbind_views();  // every graph of this micro-batch is gone
 
   const at::Tensor l = loss.detach().to(at::kDouble);
   loss_sum_ = loss_sum_.defined() ? loss_sum_ + l : l;
@@ -471,6 +473,7 @@ double ShardedEngine::eval_loss(const std::vector<nn::UnitBatch>& micro_batches)
     }
     total += prev.at(0).item<double>();
   }
+  for (FlatUnit& f : flats_) f.unbind_views();
   pending_.bytes_gathered = step_bytes;
   module_->train(was_training);
   at::Tensor t = at::tensor({total, static_cast<double>(micro_batches.size())}, at::kDouble);
