@@ -9,9 +9,10 @@ TensorBoard) and ``switchyard.plot``.
 """
 
 import math
+import re
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
@@ -20,11 +21,16 @@ from .progress import Progress
 from .schedule import learning_rate
 
 
-def _mean_over_world(world, values: List[float]) -> List[float]:
-    t = torch.tensor(values, dtype=torch.float64)
-    if world.size > 1:
-        world.all_reduce(t, "avg")
-    return t.tolist()
+def _natural_key(name: str):
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
+
+
+def _routing_stats(stats: Dict[str, torch.Tensor]) -> Tuple[List[torch.Tensor], float]:
+    """From the engine's per-unit statistics ("<unit>.<name>"): every MoE block's
+    expert_counts ([E], in block order) and the total of num_dropped."""
+    loads = [stats[k] for k in sorted(stats, key=_natural_key) if k.endswith(".expert_counts")]
+    dropped = sum(float(v) for k, v in stats.items() if k.endswith(".num_dropped"))
+    return loads, dropped
 
 
 def _resolve_run_dir(cfg, config_path: Optional[str]) -> Path:
@@ -55,6 +61,8 @@ class Trainer:
 
         torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
         self.model = MoETransformer.from_config(cfg)
+        # Counted now: the engine keeps only this rank's experts and shards the rest.
+        num_parameters = int(sum(p.numel() for p in self.model.parameters()))
         self.engine = ShardedEngine(self.model, cfg, self.groups)
         self.train_data, self.val_data, self.tokenizer = build_dataset(cfg, self.rank, self.world.size)
 
@@ -70,17 +78,17 @@ class Trainer:
             "world_size": self.world.size,
             "tokens_per_step": self.tokens_per_step,
             "unigram_entropy_nats": self.entropy,
-            "parameters": int(sum(p.numel() for p in self.model.parameters())),
+            "parameters": num_parameters,
         })
         if self.rank == 0:
             (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
 
     def evaluate(self) -> float:
-        losses = []
-        for _ in range(self.cfg.train.eval_steps):
-            x, y = self.val_data.next_batch(self.cfg.train.micro_batch_size)
-            losses.append(float(self.engine.eval_loss(x, y)))
-        return _mean_over_world(self.world, [sum(losses) / len(losses)])[0]
+        """Mean validation loss over train.eval_steps micro-batches of every rank."""
+        self.val_data.reset()  # the same validation batches at every evaluation
+        batches = [self.val_data.next_batch(self.cfg.train.micro_batch_size)
+                   for _ in range(self.cfg.train.eval_steps)]
+        return float(self.engine.eval_loss(batches))
 
     def run(self) -> dict:
         cfg, t = self.cfg, self.cfg.train
@@ -97,21 +105,20 @@ class Trainer:
             window_tokens += self.tokens_per_step
             done = step + 1
             val_loss = None
-            if t.eval_every and (done % t.eval_every == 0 or done == t.steps):
+            if self.val_data is not None and t.eval_every and (done % t.eval_every == 0 or done == t.steps):
                 val_loss = self.evaluate()
                 last["val_loss"] = val_loss
             if done % t.log_every == 0 or done == t.steps or val_loss is not None:
-                loads = [c.to(torch.float64) for c in out.get("expert_counts", [])]
-                dropped = float(out.get("num_dropped", 0))
-                slots = float(out.get("num_slots", 0))
-                summed = torch.stack(loads).flatten() if loads else torch.zeros(0, dtype=torch.float64)
-                reduce = torch.cat([torch.tensor([out["loss"], out["aux_loss"], dropped, slots],
-                                                 dtype=torch.float64), summed])
+                # Routing statistics are per rank (its tokens, its last micro-batch): sum
+                # them over the job. Loss and aux loss come back already averaged.
+                loads, dropped = _routing_stats(out["stats"])
+                slots = sum(float(c.sum()) for c in loads)
+                reduce = torch.cat([torch.tensor([dropped, slots], dtype=torch.float64)]
+                                   + [c.to(torch.float64).flatten() for c in loads])
                 if self.world.size > 1:
                     self.world.all_reduce(reduce, "sum")
-                n = self.world.size
-                loss, aux = reduce[0].item() / n, reduce[1].item() / n
-                per_layer = list(reduce[4:].view(len(loads), -1)) if loads else []
+                loss, aux = float(out["loss"]), float(out["aux_loss"])
+                per_layer = list(reduce[2:].view(len(loads), -1)) if loads else []
                 elapsed = time.monotonic() - window_start
                 values = {
                     "tokens": done * self.tokens_per_step,
@@ -121,7 +128,8 @@ class Trainer:
                     "grad_norm": float(out.get("grad_norm", math.nan)),
                     "load_max_over_mean": max((float(c.max() / c.mean()) for c in per_layer if c.sum() > 0),
                                               default=None),
-                    "dropped_fraction": reduce[2].item() / reduce[3].item() if reduce[3].item() > 0 else None,
+                    "dropped_fraction": (reduce[0].item() / (reduce[0].item() + reduce[1].item())
+                                         if loads and reduce[0].item() + reduce[1].item() > 0 else None),
                     "tokens_per_s": window_tokens / max(elapsed, 1e-9),
                     "val_loss": val_loss,
                 }
