@@ -20,10 +20,17 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     import switchyard
+    from switchyard.config import ConfigError
     from switchyard.training.trainer import Trainer
 
     switchyard.init()
-    cfg = switchyard.load_config(args.config, overrides=args.overrides)
+    try:
+        cfg = switchyard.load_config(args.config, overrides=args.overrides)
+    except (ConfigError, FileNotFoundError) as e:
+        # The message names the file, line and key; a traceback would only bury it. Every
+        # rank reads the same file, so every rank stops here, cleanly.
+        print(f"switchyard.train: {e}", file=sys.stderr, flush=True)
+        return 2
     Trainer(cfg, config_path=args.config).run()
     return 0
 
