@@ -274,7 +274,7 @@ def test_prepare_command(tmp_path, capsys):
 
     (tmp_path / "c.txt").write_text(DOCS[0] * 50, encoding="utf-8")
     args = ["prepare", "--config", str(REPO_ROOT / "configs/demo.yaml"), "--set", "data.source=text",
-            "--set", "data.seq_len=16", "--cache-dir", str(tmp_path / "cache"), "--set"]
+            "--set", "data.tokenizer=byte", "--set", "model.vocab_size=256", "--set", "data.seq_len=16", "--cache-dir", str(tmp_path / "cache"), "--set"]
     assert main(args + [f"data.path={tmp_path / 'c.txt'}"]) == 0
     out = capsys.readouterr().out
     assert "unigram entropy of the train tokens" in out and "byte, 256 ids" in out
