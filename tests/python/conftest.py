@@ -27,14 +27,19 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-def mpirun_command(np: int, *args: str, forward=("PYTHONPATH", "OMP_NUM_THREADS")) -> list[str]:
-    """`mpirun -np N <python> args...` with the flags a small shared machine needs."""
+def mpirun_prefix(np: int, forward=("PYTHONPATH", "OMP_NUM_THREADS")) -> list[str]:
+    """`mpirun -np N` with the flags a small shared machine needs; append the program."""
     cmd = ["mpirun", "--oversubscribe", "--bind-to", "none", "-np", str(np)]
     if os.geteuid() == 0:
         cmd.append("--allow-run-as-root")
     for var in forward:
         cmd += ["-x", var]
-    return cmd + [sys.executable, *args]
+    return cmd
+
+
+def mpirun_command(np: int, *args: str, forward=("PYTHONPATH", "OMP_NUM_THREADS")) -> list[str]:
+    """`mpirun -np N <python> args...` with the flags a small shared machine needs."""
+    return mpirun_prefix(np, forward) + [sys.executable, *args]
 
 
 @pytest.fixture
