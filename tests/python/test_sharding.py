@@ -30,3 +30,10 @@ def test_a_model_without_units_is_a_type_error():
         ShardedEngine(MoELayer(d_model=8, num_experts=2, top_k=1, ffn_hidden=4), cfg, comm.world())
     with pytest.raises(TypeError, match="expected a switchyard C\\+\\+ model"):
         ShardedEngine(torch.nn.Linear(2, 2), cfg, comm.world())
+
+
+@pytest.mark.parametrize("np", [1, 2])
+def test_aux_loss_free_bias_moves_identically_on_every_rank(run_mpi, np):
+    out = run_mpi(np, str(SCRIPTS / "sharding_bias.py"), timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.count("bias ok") == np, out.stdout + out.stderr

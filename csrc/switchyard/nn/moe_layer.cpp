@@ -225,12 +225,27 @@ void MoELayerImpl::load_global_expert_weights(const at::Tensor& gate_proj, const
 
 void MoELayerImpl::update_selection_bias() {
   if (options_.bias_update_rate <= 0 || !pending_load_.defined()) return;
+  update_selection_bias(pending_load_);
+}
+
+void MoELayerImpl::update_selection_bias(const at::Tensor& total_load) {
+  if (options_.bias_update_rate <= 0) return;
   const int64_t E = options_.num_experts;
+  TORCH_CHECK_VALUE(total_load.dim() == 1 && total_load.size(0) >= E,
+                    "MoELayer.update_selection_bias: expected a load of shape [",
+                    options_.num_router_outputs(), "], got ", total_load.sizes());
   // Balance the routed experts among themselves: null and zero-computation experts are
   // not experts that can be overloaded.
   at::Tensor bias = router->selection_bias.narrow(0, 0, E);
-  ops::update_expert_bias_(bias, pending_load_.narrow(0, 0, E), options_.bias_update_rate);
+  ops::update_expert_bias_(bias, total_load.narrow(0, 0, E).to(bias.device()),
+                           options_.bias_update_rate);
   pending_load_ = at::Tensor();
+}
+
+at::Tensor MoELayerImpl::pending_load() const {
+  if (pending_load_.defined()) return pending_load_;
+  return at::zeros({options_.num_router_outputs()},
+                   router->weight.options().dtype(at::kLong));
 }
 
 void MoELayerImpl::pretty_print(std::ostream& stream) const {

@@ -66,6 +66,12 @@ class MoELayerImpl : public torch::nn::Module {
   // since the last call, then forgets them. Call once per optimizer step. A no-op when
   // bias_update_rate is 0 or no training forward ran.
   void update_selection_bias();
+  // The same with the loads of every rank: `total_load` [E_total] int64 is the sum over
+  // ranks of pending_load(), so every replica of the router moves its bias identically
+  // (the sharding engine all-reduces it). Forgets the local loads.
+  void update_selection_bias(const at::Tensor& total_load);
+  // Loads of the training forwards since the last update: [E_total] int64, zeros if none.
+  at::Tensor pending_load() const;
 
   // Distribute the routed experts: `experts` shrinks to ep->local_experts() (their current
   // weights are kept, so a layer built with the same seed on every rank holds exactly the

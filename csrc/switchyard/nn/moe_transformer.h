@@ -81,7 +81,9 @@ class MoETransformerImpl : public torch::nn::Module, public UnitSequence {
 
   // The MoE layers, in block order (for expert parallelism: enable_expert_parallel on each).
   std::vector<MoELayer> moe_layers() const;
-  // MoELayer::update_selection_bias on every MoE layer; call once per optimizer step.
+  // MoELayer::update_selection_bias on every MoE layer with this process's loads; call once per
+  // optimizer step in a single-process loop. ShardedEngine does it itself, with the loads
+  // summed over the job, after every step.
   void update_selection_bias();
 
   // The initialisation (docs/model.md): normal(0, init_std) for embeddings and projections,

@@ -68,8 +68,15 @@ void bind_nn(py::module_& m) {
       .def(py::init<MoELayerOptions>(), py::arg("options"))
       .def("forward", &MoELayerImpl::forward, py::arg("x"),
            py::arg("prev_router_logits") = py::none())
-      .def("update_selection_bias", &MoELayerImpl::update_selection_bias,
+      .def("update_selection_bias", [](MoELayerImpl& layer) { layer.update_selection_bias(); },
            "Apply the aux-loss-free bias update from the loads seen since the last call.")
+      .def("update_selection_bias",
+           [](MoELayerImpl& layer, const at::Tensor& total_load) { layer.update_selection_bias(total_load); },
+           py::arg("total_load"),
+           "The same with the loads summed over ranks (pending_load() all-reduced), so every "
+           "replica of the router moves identically.")
+      .def("pending_load", &MoELayerImpl::pending_load,
+           "Routing loads of the training forwards since the last update, [E_total] int64.")
       .def("enable_expert_parallel",
            [](MoELayerImpl& layer, std::shared_ptr<nn::ExpertParallelism> ep) {
              try {

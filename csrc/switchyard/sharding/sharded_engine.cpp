@@ -102,6 +102,20 @@ void ShardedEngine::parallelize_experts() {
   }
 }
 
+void ShardedEngine::update_selection_biases() {
+  // Auxiliary-loss-free balancing needs the load of the whole job, not of this rank's
+  // tokens: with local loads, every rank would move its copy of the (replicated) bias
+  // differently and the routers would drift apart.
+  comm::Communicator world = groups_.world;
+  for (const auto& m : module_->modules(/*include_self=*/true)) {
+    auto layer = std::dynamic_pointer_cast<nn::MoELayerImpl>(m);
+    if (!layer || layer->options().bias_update_rate <= 0) continue;
+    at::Tensor load = layer->pending_load().clone();
+    if (world.size() > 1) world.all_reduce(load);
+    layer->update_selection_bias(load);
+  }
+}
+
 void ShardedEngine::check_same_parameters() const {
   // Collective over the world: gather every rank's signature and compare with rank 0's.
   comm::Communicator world = groups_.world;
@@ -374,6 +388,9 @@ StepResult ShardedEngine::apply_step(double lr) {
   const torch::NoGradGuard no_grad;
   StepResult r = std::move(pending_);
   pending_ = StepResult{};
+  // The routing loads of this step's forwards are final whether or not the update below
+  // is skipped (non-finite gradients), so the balancing bias moves either way.
+  update_selection_biases();
   const int W = groups_.world.size();
   // 5. Expert gradients over the replicas of the same experts.
   comm::Communicator& edp = groups_.expert_data_parallel;

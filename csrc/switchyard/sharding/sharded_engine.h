@@ -149,6 +149,9 @@ class ShardedEngine {
   };
 
   void parallelize_experts();
+  // After each optimizer step: every MoE layer with moe.bias_update_rate > 0 moves its
+  // selection bias by the load summed over the world (collective).
+  void update_selection_biases();
   void build_units();
   void check_same_parameters() const;
   void gather_for(int64_t unit, bool prefetch_next_of_direction, int direction);
