@@ -56,10 +56,12 @@ target_compile_definitions(sy::torch_python INTERFACE TORCH_EXTENSION_NAME=_C)
 set(SWITCHYARD_PACKAGE_DIR ${CMAKE_CURRENT_SOURCE_DIR}/python/switchyard CACHE PATH
     "directory that receives libswitchyard.so and the _C extension")
 
-# --- MPI, yaml-cpp, GoogleTest -------------------------------------------------------------
+# --- MPI, yaml-cpp, GoogleTest, nlohmann/json, zlib -------------------------------------------------------------
 find_package(MPI REQUIRED COMPONENTS C)
 find_package(yaml-cpp REQUIRED)
 find_package(GTest REQUIRED)
+find_package(nlohmann_json 3.10 REQUIRED)  # Debian: nlohmann-json3-dev
+find_package(ZLIB REQUIRED)                # Debian: zlib1g-dev
 
 # --- NCCL: the one torch loads ---------------------------------------------------------------
 # Note [One libnccl]: torch's CUDA wheel depends on the nvidia-nccl wheel, and libtorch_cuda

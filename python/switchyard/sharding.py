@@ -89,6 +89,13 @@ class ShardedEngine:
         """Mean (loss + aux losses) over the micro-batches of every rank, no gradients."""
         return self._engine.eval_loss(list(micro_batches))
 
+    def locate_non_finite(self, input_ids: torch.Tensor, targets: torch.Tensor) -> dict:
+        """Where a non-finite loss comes from: runs the micro-batch forward unit by unit (no
+        gradients, no update) and returns ``{"unit": i, "unit_name": ..., "ranks": [...]}`` for
+        the first unit, over every rank, whose outputs hold a NaN or Inf (``unit`` -1 when all
+        stay finite). Collective; meant for a run about to stop."""
+        return self._engine.locate_non_finite(input_ids, targets)
+
     def shard_state_dict(self) -> dict:
         """This rank's shard: flat master weights and AdamW moments per unit, this rank's
         experts, ``step`` and ``loss_scale`` -- a dict of tensors."""

@@ -5,7 +5,12 @@
 
 Every key of the config can be overridden with --set (docs/configuration.md). Rank 0 shows
 progress and writes the run directory (train.run_dir): metrics.csv, expert_load.csv,
-tensorboard/, run.json, config.yaml and the plots (loss.png, expert_load.png).
+tensorboard/, run.json, config.yaml and the plots (loss.png, expert_load.png); checkpoints
+go to checkpoint.dir (docs/checkpoints.md).
+
+Exit status: 0 when the run reached train.steps or stopped as asked (checkpoint.stop_at_step,
+SIGINT/SIGTERM, each after saving a checkpoint); 2 for a config error; 3 when training cannot
+go on (a non-finite loss, a checkpoint that does not load), with the reason printed.
 """
 
 import argparse
@@ -21,7 +26,7 @@ def main(argv=None) -> int:
 
     import switchyard
     from switchyard.config import ConfigError
-    from switchyard.training.trainer import Trainer
+    from switchyard.training.trainer import Trainer, TrainingError
 
     switchyard.init()
     try:
@@ -31,7 +36,14 @@ def main(argv=None) -> int:
         # rank reads the same file, so every rank stops here, cleanly.
         print(f"switchyard.train: {e}", file=sys.stderr, flush=True)
         return 2
-    Trainer(cfg, config_path=args.config).run()
+    try:
+        Trainer(cfg, config_path=args.config).run()
+    except TrainingError as e:
+        # Every rank raised it together (no collective is left waiting): exit cleanly.
+        if not e.echo:
+            rank = switchyard.init().rank
+            print(f"switchyard.train: rank {rank}: {e}", file=sys.stderr, flush=True)
+        return 3
     return 0
 
 

@@ -7,6 +7,7 @@
 #include <sstream>
 #include <vector>
 
+#include "switchyard/comm/string_gather.h"
 #include "switchyard/common/error.h"
 
 namespace switchyard::comm {
@@ -48,16 +49,8 @@ void check_same_fields(Communicator group, const std::string& what,
 
   // Slow path, only on a mismatch (every rank takes it: they all see the same hashes):
   // gather every rank's fields to name the differences.
-  const at::Tensor len = group.all_gather(at::tensor({static_cast<int64_t>(text.size())}, at::kLong));
-  const int64_t max_len = len.max().item<int64_t>();
-  at::Tensor buf = at::zeros({max_len}, at::kByte);
-  std::memcpy(buf.data_ptr<uint8_t>(), text.data(), text.size());
-  const at::Tensor bytes = group.all_gather(buf).view({size, max_len});
   std::vector<std::map<std::string, std::string>> per_rank;
-  for (int r = 0; r < size; ++r) {
-    const auto* p = reinterpret_cast<const char*>(bytes[r].data_ptr<uint8_t>());
-    per_rank.push_back(parse(std::string(p, static_cast<size_t>(len[r].item<int64_t>()))));
-  }
+  for (const std::string& t : all_gather_strings(group, text)) per_rank.push_back(parse(t));
   std::ostringstream msg;
   msg << "the ranks of " << group.describe() << " disagree on " << what << ":";
   for (int r = 1; r < size; ++r) {

@@ -128,6 +128,7 @@ struct CheckpointConfig {
   int64_t save_every = 0;  // 0 = only at the end of the run
   int64_t keep_last = 3;   // 0 = keep all
   std::string resume;      // "" = start fresh, "latest", or a checkpoint path
+  int64_t stop_at_step = 0;  // 0 = run to train.steps
 };
 
 struct LaunchConfig {

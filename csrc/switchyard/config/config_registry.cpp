@@ -191,6 +191,7 @@ std::vector<SectionInfo> build_registry() {
     b.add(SY_KEY(C, keep_last), "Checkpoints kept on disk; older ones are deleted. 0 = keep all.").at_least(0);
     b.add(SY_KEY(C, resume), "\"\" (or false) = start fresh; latest (or true) = newest checkpoint in dir; otherwise a checkpoint path.")
         .alias("false", "").alias("False", "").alias("true", "latest").alias("True", "latest");
+    b.add(SY_KEY(C, stop_at_step), "Save a checkpoint and stop after this step, as a time-limited allocation ends a run; train.steps still sets the schedule, and resuming continues to it. 0 = run to train.steps.").at_least(0);
   }
   {
     SectionBuilder<LaunchConfig> b(r, &Config::launch, "launch",

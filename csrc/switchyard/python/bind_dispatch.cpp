@@ -17,25 +17,12 @@
 #include "switchyard/dispatch/token_dispatcher.h"
 #include "switchyard/ops/routing.h"
 #include "switchyard/python/bindings.h"
+#include "switchyard/python/translate_errors.h"
 
 namespace py = pybind11;
 
 namespace switchyard::python {
 namespace {
-
-template <typename F>
-auto translating(F&& f) -> decltype(f()) {
-  try {
-    return f();
-  } catch (const c10::ValueError& e) {
-    throw py::value_error(e.what_without_backtrace());
-  } catch (const c10::IndexError& e) {
-    throw py::index_error(e.what_without_backtrace());
-  } catch (const c10::Error& e) {
-    PyErr_SetString(PyExc_RuntimeError, e.what_without_backtrace());
-    throw py::error_already_set();
-  }
-}
 
 py::dict stats_dict(const dispatch::DispatchStats& s) {
   py::dict d;

@@ -11,6 +11,7 @@
 #include "switchyard/common/error.h"
 #include "switchyard/config/config.h"
 #include "switchyard/python/bindings.h"
+#include "switchyard/python/translate_errors.h"
 #include "switchyard/sharding/sharded_engine.h"
 #include "switchyard/sharding/sharding_options.h"
 #include "switchyard/sharding/toy_model.h"
@@ -21,33 +22,6 @@ namespace switchyard::python {
 namespace {
 
 using sharding::ShardedEngine;
-
-template <typename F>
-auto translating(F&& f) -> decltype(f()) {
-  try {
-    return f();
-  } catch (const c10::ValueError& e) {
-    throw py::value_error(e.what_without_backtrace());
-  } catch (const c10::TypeError& e) {
-    throw py::type_error(e.what_without_backtrace());
-  } catch (const c10::IndexError& e) {
-    throw py::index_error(e.what_without_backtrace());
-  } catch (const switchyard::Error& e) {
-    throw py::value_error(e.what());
-  } catch (const c10::Error& e) {
-    PyErr_SetString(PyExc_RuntimeError, e.what_without_backtrace());
-    throw py::error_already_set();
-  }
-}
-
-// A collective: the GIL is released so other Python threads progress meanwhile.
-template <typename F>
-auto released(F&& f) -> decltype(f()) {
-  return translating([&] {
-    py::gil_scoped_release no_gil;
-    return f();
-  });
-}
 
 std::vector<nn::UnitBatch> to_batches(const py::sequence& micro_batches) {
   std::vector<nn::UnitBatch> out;
@@ -158,6 +132,16 @@ void bind_sharding(py::module_& m) {
       .def("load_shard_state_dict", [](ShardedEngine& e, const std::map<std::string, at::Tensor>& state) {
              translating([&] { e.load_shard_state_dict(state); return 0; });
            }, py::arg("state"))
+      .def("locate_non_finite", [](ShardedEngine& e, const at::Tensor& input_ids, const at::Tensor& targets) {
+             const auto r = released([&] { return e.locate_non_finite({input_ids, targets}); });
+             py::dict d;
+             d["unit"] = r.unit;
+             d["unit_name"] = r.unit_name;
+             d["ranks"] = r.ranks;
+             return d;
+           }, py::arg("input_ids"), py::arg("targets"),
+           "Runs the micro-batch forward unit by unit; the first unit (over every rank) whose "
+           "outputs are non-finite: {'unit': index or -1, 'unit_name', 'ranks'}. Collective.")
       .def("gather_dense_parameters", [](ShardedEngine& e) {
              return released([&] { return e.gather_dense_parameters(); });
            })

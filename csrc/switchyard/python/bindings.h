@@ -12,5 +12,6 @@ void bind_transformer(pybind11::module_& nn);  // called by bind_nn on _C.nn
 void bind_comm(pybind11::module_& m);
 void bind_dispatch(pybind11::module_& m);
 void bind_sharding(pybind11::module_& m);
+void bind_checkpoint(pybind11::module_& m);
 
 }  // namespace switchyard::python

@@ -11,6 +11,7 @@
 #include <set>
 #include <sstream>
 
+#include "switchyard/comm/string_gather.h"
 #include "switchyard/dispatch/expert_parallel.h"
 #include "switchyard/dispatch/expert_placement.h"
 #include "switchyard/nn/moe_layer.h"
@@ -120,19 +121,10 @@ void ShardedEngine::check_same_parameters() const {
   // Collective over the world: gather every rank's signature and compare with rank 0's.
   comm::Communicator world = groups_.world;
   const std::string mine = join(parameter_signature(*seq_));
-  const at::Tensor len = at::tensor({static_cast<int64_t>(mine.size())}, at::kLong);
-  const at::Tensor lens = world.all_gather(len);
-  const int64_t max_len = lens.max().item<int64_t>();
-  at::Tensor buf = at::zeros({max_len}, at::kByte);
-  std::copy(mine.begin(), mine.end(), buf.data_ptr<uint8_t>());
-  const at::Tensor all = world.all_gather(buf);
-  auto text_of = [&](int r) {
-    const uint8_t* p = all.data_ptr<uint8_t>() + r * max_len;
-    return std::string(reinterpret_cast<const char*>(p), lens[r].item<int64_t>());
-  };
-  const std::vector<std::string> ref = split_lines(text_of(0));
+  const std::vector<std::string> texts = comm::all_gather_strings(world, mine);
+  const std::vector<std::string> ref = split_lines(texts[0]);
   for (int r = 1; r < world.size(); ++r) {
-    const std::vector<std::string> other = split_lines(text_of(r));
+    const std::vector<std::string> other = split_lines(texts[r]);
     if (other == ref) continue;
     size_t k = 0;
     while (k < ref.size() && k < other.size() && ref[k] == other[k]) ++k;
@@ -500,6 +492,42 @@ double ShardedEngine::eval_loss(const std::vector<nn::UnitBatch>& micro_batches)
   return h[1].item<double>() > 0 ? h[0].item<double>() / h[1].item<double>() : 0.0;
 }
 
+ShardedEngine::NonFiniteReport ShardedEngine::locate_non_finite(const nn::UnitBatch& batch) {
+  const torch::NoGradGuard no_grad;
+  module_->train();
+  const int64_t step_bytes = pending_.bytes_gathered;
+  auto finite = [](const at::Tensor& t) {
+    return !t.defined() || !at::isFloatingType(t.scalar_type()) || at::isfinite(t).all().item<bool>();
+  };
+  // Every rank runs every unit even after it found one: the units' collectives (the
+  // all-to-all of MoE blocks, the parameter gathers) need all ranks.
+  int64_t first = num_units_;
+  std::vector<at::Tensor> prev;
+  for (int64_t i = 0; i < num_units_; ++i) {
+    gather_for(i, options_.prefetch, +1);
+    nn::UnitStep s = seq_->run_unit(i, prev, batch);
+    bool ok = finite(s.aux_loss);
+    for (const at::Tensor& t : s.outputs) ok = ok && finite(t);
+    if (!ok && first == num_units_) first = i;
+    for (size_t f : flats_used_by_[i]) {
+      if (last_use_[f] == i) flats_[f].release();
+    }
+    prev = std::move(s.outputs);
+  }
+  for (FlatUnit& f : flats_) f.unbind_views();
+  pending_.bytes_gathered = step_bytes;
+  const at::Tensor firsts = groups_.world.all_gather(at::tensor({first}, at::kLong)).cpu();
+  NonFiniteReport report;
+  const int64_t job_first = firsts.min().item<int64_t>();
+  if (job_first == num_units_) return report;
+  report.unit = job_first;
+  report.unit_name = seq_->unit_name(job_first);
+  for (int64_t r = 0; r < firsts.numel(); ++r) {
+    if (firsts[r].item<int64_t>() == job_first) report.ranks.push_back(r);
+  }
+  return report;
+}
+
 std::map<std::string, at::Tensor> ShardedEngine::shard_state_dict() const {
   std::map<std::string, at::Tensor> out;
   for (const FlatUnit& f_const : flats_) {
@@ -552,6 +580,89 @@ void ShardedEngine::load_shard_state_dict(const std::map<std::string, at::Tensor
   step_ = it->second.item<int64_t>();
   it = state.find("loss_scale");
   if (it != state.end()) loss_scale_ = it->second.item<double>();
+}
+
+std::vector<StateTensor> ShardedEngine::state_tensors() {
+  std::vector<StateTensor> out;
+  const bool first_dp = groups_.data_parallel.rank() == 0;
+  for (FlatUnit& f : flats_) {
+    const int64_t valid = std::clamp<int64_t>(f.numel() - f.shard_offset(), 0, f.shard_numel());
+    auto add = [&](const char* field, const at::Tensor& t) {
+      StateTensor s;
+      s.key = f.name() + ".flat." + field;
+      s.tensor = t;
+      s.kind = StateTensor::Kind::kFlat;
+      s.unit = f.name();
+      s.unit_numel = f.numel();
+      s.start = f.shard_offset();
+      s.valid = valid;
+      s.save = (f.sharded() || first_dp) && valid > 0;  // a replicated unit: rank 0's copy
+      out.push_back(std::move(s));
+    };
+    add("param", f.master_shard());
+    add("exp_avg", f.exp_avg());
+    add("exp_avg_sq", f.exp_avg_sq());
+  }
+  // Each expert parameter belongs to the MoE layer whose path prefixes its name; the layer
+  // knows which global experts this rank's rows are.
+  std::vector<std::pair<std::string, std::shared_ptr<nn::MoELayerImpl>>> layers;
+  for (const auto& item : module_->named_modules("", /*include_self=*/true)) {
+    if (auto layer = std::dynamic_pointer_cast<nn::MoELayerImpl>(item.value())) layers.emplace_back(item.key(), layer);
+  }
+  const bool first_replica = groups_.expert_data_parallel.rank() == 0;
+  for (ExpertState& e : experts_) {
+    std::shared_ptr<nn::MoELayerImpl> owner;
+    size_t best = 0;
+    for (const auto& [path, layer] : layers) {
+      const bool prefix = path.empty() || (e.name.size() > path.size() && e.name.compare(0, path.size(), path) == 0 &&
+                                           e.name[path.size()] == '.');
+      if (prefix && (!owner || path.size() >= best)) owner = layer, best = path.size();
+    }
+    TORCH_CHECK(owner, "ShardedEngine.state_tensors: expert parameter '", e.name, "' belongs to no MoE layer");
+    const int64_t E = owner->options().num_experts;
+    std::vector<int64_t> ids;
+    if (const auto& ep = owner->expert_parallelism()) {
+      ids = ep->local_experts();
+    } else {
+      for (int64_t i = 0; i < E; ++i) ids.push_back(i);
+    }
+    TORCH_CHECK(e.master.dim() >= 1 && e.master.size(0) == static_cast<int64_t>(ids.size()),
+                "ShardedEngine.state_tensors: expert parameter '", e.name, "' has shape ", e.master.sizes(),
+                " but its layer holds ", ids.size(), " experts on this rank");
+    for (auto [field, t] : {std::pair<const char*, at::Tensor>{"param", e.master}, {"exp_avg", e.exp_avg},
+                            {"exp_avg_sq", e.exp_avg_sq}}) {
+      StateTensor s;
+      s.key = e.name + "." + field;
+      s.tensor = t;
+      s.kind = StateTensor::Kind::kExperts;
+      s.experts = ids;
+      s.num_experts = E;
+      s.save = first_replica;
+      out.push_back(std::move(s));
+    }
+  }
+  const bool first_rank = groups_.world.rank() == 0;
+  for (const auto& item : module_->named_buffers(/*recurse=*/true)) {
+    if (!item.value().defined()) continue;
+    StateTensor s;
+    s.key = "buffer." + item.key();
+    s.tensor = item.value();
+    s.kind = StateTensor::Kind::kWhole;
+    s.save = first_rank;
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
+void ShardedEngine::finish_state_load(const EngineCounters& counters) {
+  const torch::NoGradGuard no_grad;
+  for (FlatUnit& f : flats_) f.publish_master();
+  for (ExpertState& e : experts_) {
+    if (!e.master_is_param) e.param.copy_(e.master);
+  }
+  step_ = counters.step;
+  loss_scale_ = counters.loss_scale;
+  clean_steps_ = counters.clean_steps;
 }
 
 std::map<std::string, at::Tensor> ShardedEngine::gather_dense_parameters() {

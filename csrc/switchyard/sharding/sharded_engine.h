@@ -83,6 +83,34 @@ struct MemoryReport {
   int64_t expert_bytes = 0;            // local experts: params, grads, master (if separate), state
 };
 
+// One tensor of a rank's training state as a checkpoint sees it (csrc/switchyard/checkpoint):
+// what it is in rank-independent terms, so a checkpoint written on R ranks can be read on R'.
+struct StateTensor {
+  enum class Kind {
+    kFlat,     // a shard of a unit's flat buffer: elements [start, start + numel) of the unit
+    kExperts,  // rows (dim 0) of an expert parameter or its AdamW state, one per local expert
+    kWhole,    // replicated on every rank (model buffers)
+  };
+  std::string key;   // "<unit>.flat.{param,exp_avg,exp_avg_sq}", "<expert param>.{param,exp_avg,
+                     // exp_avg_sq}", "buffer.<name>"
+  at::Tensor tensor; // the live tensor: saving reads it, loading writes into it
+  Kind kind = Kind::kWhole;
+  std::string unit;          // kFlat: the unit's name
+  int64_t unit_numel = 0;    // kFlat: the unit's unpadded numel
+  int64_t start = 0;         // kFlat: where tensor[0] sits in the unit's flat layout
+  int64_t valid = 0;         // kFlat: elements of tensor that are not padding
+  std::vector<int64_t> experts;  // kExperts: global expert id of each row
+  int64_t num_experts = 0;       // kExperts: the layer's routed experts
+  bool save = false;  // this rank writes it: one copy of every element over the job
+};
+
+// The engine's scalar state besides its tensors.
+struct EngineCounters {
+  int64_t step = 0;
+  double loss_scale = 1;
+  int64_t clean_steps = 0;
+};
+
 class ShardedEngine {
  public:
   // model must also derive from nn::UnitSequence (a TypeError-like c10::TypeError names it
@@ -110,6 +138,18 @@ class ShardedEngine {
   // without gradients, in eval mode. Collective.
   double eval_loss(const std::vector<nn::UnitBatch>& micro_batches);
 
+  // Where a non-finite loss comes from: runs `batch` forward unit by unit (training mode, no
+  // gradients, no update) and returns the first unit, over every rank, whose outputs or aux
+  // loss hold a NaN or Inf, with the ranks that saw it there; unit = -1 when every unit
+  // stayed finite. Collective. The routing statistics of this pass count towards the next
+  // selection-bias update: call it when the run is about to stop.
+  struct NonFiniteReport {
+    int64_t unit = -1;
+    std::string unit_name;
+    std::vector<int64_t> ranks;
+  };
+  NonFiniteReport locate_non_finite(const nn::UnitBatch& batch);
+
   // This rank's state: "<unit>.flat.{param,exp_avg,exp_avg_sq}" (the shard, master dtype),
   // "<expert param>.{param,exp_avg,exp_avg_sq}", "step", "loss_scale",
   // "<unit>.flat.layout" (int64 [numel, padded, shard_offset, shard_numel]).
@@ -117,6 +157,17 @@ class ShardedEngine {
   // Restores what shard_state_dict() returned on the same rank of the same layout (throws
   // c10::ValueError naming the key and both shapes otherwise).
   void load_shard_state_dict(const std::map<std::string, at::Tensor>& state);
+
+  // --- checkpoints (csrc/switchyard/checkpoint/checkpoint.h) ---------------------------------
+  // Every tensor of this rank's state (shards, local experts and their AdamW moments, model
+  // buffers), live. Not collective.
+  std::vector<StateTensor> state_tensors();
+  // The unit layouts of the flat buffers: unit name -> its parameters in order.
+  const std::vector<FlatUnit>& flat_unit_layouts() const { return flats_; }
+  EngineCounters counters() const { return {step_, loss_scale_, clean_steps_}; }
+  // After a loader wrote every state_tensors() entry: sets the counters and makes the
+  // parameters read the restored master weights. Not collective.
+  void finish_state_load(const EngineCounters& counters);
 
   // Every dense parameter gathered (collective), by name, master dtype. For tests and export.
   std::map<std::string, at::Tensor> gather_dense_parameters();

@@ -18,11 +18,25 @@ METRIC_COLUMNS = ("step", "tokens", "lr", "loss", "aux_loss", "grad_norm", "load
                   "dropped_fraction", "tokens_per_s", "val_loss")
 
 
+def _rows_up_to(path: Path, step: int) -> list:
+    """The rows of a CSV run file (header first) whose step column is at most ``step``."""
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    return rows[:1] + [r for r in rows[1:] if r and int(float(r[0])) <= step]
+
+
 class RunLogger:
     """Appends metrics to the run directory. ``enabled=False`` makes every call a no-op (the
-    other ranks). Files are flushed after every row, so a run that dies keeps its curve."""
+    other ranks). Files are flushed after every row, so a run that dies keeps its curve.
 
-    def __init__(self, run_dir: os.PathLike, enabled: bool = True, tensorboard: bool = True):
+    ``resume_step``: a run resumed from the checkpoint of that step keeps the rows up to it
+    and drops later ones (written by the interrupted run after its last checkpoint), so the
+    files read as one uninterrupted run; TensorBoard purges those steps likewise."""
+
+    def __init__(self, run_dir: os.PathLike, enabled: bool = True, tensorboard: bool = True,
+                 resume_step: Optional[int] = None):
         self.run_dir = Path(run_dir)
         self.enabled = enabled
         self._tb = None
@@ -31,15 +45,25 @@ class RunLogger:
         if not enabled:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        kept_metrics = kept_loads = []
+        if resume_step is not None:
+            kept_metrics = _rows_up_to(self.run_dir / "metrics.csv", resume_step)
+            kept_loads = _rows_up_to(self.run_dir / "expert_load.csv", resume_step)
         self._metrics = open(self.run_dir / "metrics.csv", "w", newline="")
         self._metrics_csv = csv.writer(self._metrics)
-        self._metrics_csv.writerow(METRIC_COLUMNS)
+        self._metrics_csv.writerows(kept_metrics or [METRIC_COLUMNS])
+        self._metrics.flush()
         self._loads = open(self.run_dir / "expert_load.csv", "w", newline="")
         self._loads_csv = csv.writer(self._loads)
+        if kept_loads:
+            self._loads_csv.writerows(kept_loads)
+            self._load_width = len(kept_loads[0]) - 2
+            self._loads.flush()
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter  # needs the `tensorboard` package
 
-            self._tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+            purge = None if resume_step is None else resume_step + 1
+            self._tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"), purge_step=purge)
 
     def write_facts(self, facts: Mapping) -> None:
         """run.json: what the plots and a reader need besides the curves (world size,
