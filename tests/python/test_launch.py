@@ -19,7 +19,7 @@ from switchyard.launch import PREFIX, LaunchError, layout, mpirun_command
 
 REPO = Path(__file__).resolve().parents[2]
 ROOT_FLAG = ["--allow-run-as-root"] if os.geteuid() == 0 else []
-KILL = ["--mca", "odls_base_sigkill_timeout", "60"]
+KILL = ["--mca", "odls_base_sigkill_timeout", "20"]
 
 TWO_HOSTS = """\
 moe:
@@ -85,7 +85,7 @@ def test_mpirun_command_matches_the_printed_line_and_forwards_overrides():
     # Several remote hosts: no one-machine flags; the user's arguments after ours, verbatim.
     assert "--oversubscribe" not in cmd and "--bind-to" not in cmd
     i = cmd.index("odls_base_sigkill_timeout")
-    assert cmd[i - 1:i + 5] == ["--mca", "odls_base_sigkill_timeout", "60", "--mca", "btl_tcp_if_include", "eth0"]
+    assert cmd[i - 1:i + 5] == ["--mca", "odls_base_sigkill_timeout", "20", "--mca", "btl_tcp_if_include", "eth0"]
 
 
 def test_localhost_and_no_hosts_are_one_machine_runs():
@@ -253,7 +253,7 @@ def _real_launch(entry: list, run_dir: Path) -> None:
     out = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
     assert _printed(out)[:3] == ["mpirun", "-np", "2"]
-    assert "training 2 steps on 2 rank(s)" in out.stdout, out.stdout[-2000:]
+    assert "training steps 1..2 of 2 on 2 rank(s)" in out.stdout, out.stdout[-2000:]
     with open(run_dir / "metrics.csv", newline="") as f:
         assert [row["step"] for row in csv.DictReader(f)] == ["1", "2"]
 
