@@ -8,6 +8,8 @@
 
 #include "switchyard/checkpoint/checkpoint.h"
 #include "switchyard/checkpoint/safetensors.h"
+#include "switchyard/checkpoint/upcycle.h"
+#include "switchyard/nn/transformer_options.h"
 #include "switchyard/python/bindings.h"
 #include "switchyard/python/translate_errors.h"
 
@@ -48,6 +50,44 @@ void bind_checkpoint(py::module_& m) {
         },
         py::arg("path"), py::arg("tensors"), py::arg("metadata"),
         "Writes [(name, tensor), ...] as one safetensors file, atomically.");
+  using checkpoint::UpcycleOptions;
+  py::class_<UpcycleOptions>(c, "UpcycleOptions", "How upcycle() builds the target's experts (upcycle.h).")
+      .def(py::init<>())
+      .def_readwrite("method", &UpcycleOptions::method)
+      .def_readwrite("noise", &UpcycleOptions::noise)
+      .def_readwrite("drop_fraction", &UpcycleOptions::drop_fraction)
+      .def_readwrite("shared_fraction", &UpcycleOptions::shared_fraction)
+      .def_readwrite("router_std", &UpcycleOptions::router_std)
+      .def_readwrite("seed", &UpcycleOptions::seed);
+  auto result_dict = [](const checkpoint::UpcycleResult& r) {
+    py::dict d;
+    d["state"] = r.state;
+    d["preserves_function"] = r.preserves_function;
+    d["reason"] = r.reason;
+    d["consumed"] = r.consumed;
+    return d;
+  };
+  c.def("upcycle",
+        [result_dict](const std::map<std::string, at::Tensor>& source, const config::Config& from,
+                      const config::Config& to, const UpcycleOptions& o) {
+          return result_dict(released([&] {
+            return checkpoint::upcycle(source, nn::transformer_options_from_config(from),
+                                       nn::transformer_options_from_config(to), o);
+          }));
+        },
+        py::arg("source"), py::arg("from_config"), py::arg("to_config"), py::arg("options"));
+  c.def("upcycle_checkpoint",
+        [result_dict](const std::string& source, const config::Config& target, const std::string& out_root,
+                      const UpcycleOptions& o) {
+          return result_dict(released([&] { return checkpoint::upcycle_checkpoint(source, target, out_root, o); }));
+        },
+        py::arg("source"), py::arg("target"), py::arg("out_root"), py::arg("options"));
+  c.def("write_initial_checkpoint",
+        [](const std::map<std::string, at::Tensor>& state, const config::Config& cfg, const std::string& out_root,
+           const std::map<std::string, std::string>& metadata) {
+          return released([&] { return checkpoint::write_initial_checkpoint(state, cfg, out_root, metadata); });
+        },
+        py::arg("state"), py::arg("config"), py::arg("out_root"), py::arg("metadata"));
   c.def("step_directory_name", &checkpoint::step_directory_name, py::arg("step"));
   c.def("list_checkpoints", [](const std::string& root) { return translating([&] { return checkpoint::list_checkpoints(root); }); },
         py::arg("root"));

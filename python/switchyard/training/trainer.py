@@ -144,7 +144,9 @@ class Trainer:
                 path = checkpoint.resolve(want)
             if path is not None:
                 info = checkpoint.load(path, self.engine, self.cfg)
-                self.train_data.load_state_dict(info["metadata"]["data"])
+                # An initial checkpoint (upcycled, imported) has weights but no data position.
+                if "data" in info["metadata"]:
+                    self.train_data.load_state_dict(info["metadata"]["data"])
         except (ValueError, KeyError, OSError) as e:
             error = f"cannot resume from {want!r}: {e}"
         except Exception as e:  # DataError and the like: still fail on every rank together
