@@ -24,17 +24,22 @@ from switchyard.training.metrics import read_metrics  # noqa: E402
 RUNS = (("MoE (8 experts, top-2 + 1 shared)", "demo"), ("dense, FLOP-matched", "demo_dense"))
 
 
-def train(name, np, steps, out):
+def train(name, np, steps, out, run=None, extra=()):
+    """Trains configs/<name>.yaml for `steps` steps on `np` ranks into out/<run or name>;
+    returns its metrics columns and run.json. `extra`: more --set overrides."""
+    run_dir = out / (run or name)
     cmd = ["mpirun", "--oversubscribe", "--bind-to", "none", "-np", str(np)]
     if os.geteuid() == 0:
         cmd.append("--allow-run-as-root")
     cmd += ["-x", "PYTHONPATH", "-x", "OMP_NUM_THREADS", sys.executable, "-m", "switchyard.train",
             "--config", f"configs/{name}.yaml", "--set", f"train.steps={steps}",
-            "--set", f"train.run_dir={out / name}", "--set", f"train.eval_every={max(1, steps // 8)}"]
+            "--set", f"train.run_dir={run_dir}", "--set", f"train.eval_every={max(1, steps // 8)}"]
+    for kv in extra:
+        cmd += ["--set", kv]
     env = dict(os.environ, PYTHONPATH=str(ROOT / "python"), OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     print("+", " ".join(cmd), flush=True)
     subprocess.run(cmd, cwd=ROOT, env=env, check=True)
-    return read_metrics(out / name), json.loads((out / name / "run.json").read_text())
+    return read_metrics(run_dir), json.loads((run_dir / "run.json").read_text())
 
 
 def main():

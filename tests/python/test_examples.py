@@ -89,3 +89,20 @@ def test_python_pretrain_one_process(tiny_config: Path):
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=_env(), cwd=REPO_ROOT)
     losses = _losses(out, 3)
     assert losses[-1] < losses[0], losses
+
+
+@pytest.mark.mpi
+def test_python_upcycle_and_train_two_ranks(tmp_path: Path):
+    tiny = ["model.d_model=64", "model.n_heads=2", "model.n_kv_heads=2", "model.vocab_size=256", "data.tokenizer=byte",
+            "data.seq_len=32", "train.micro_batch_size=2", "train.eval_every=2", "train.eval_steps=1",
+            "train.warmup_steps=1", "train.log_every=1"]
+    cmd = mpirun_prefix(2) + [sys.executable, str(REPO_ROOT / "examples" / "upcycle_and_train.py"),
+                              "--dense-steps", "3", "--moe-steps", "3", "--out", str(tmp_path)]
+    for kv in tiny:
+        cmd += ["--set", kv]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_env(), cwd=REPO_ROOT)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    assert "function preserved: True" in out.stdout
+    diff = float(out.stdout.split("logit difference at initialisation: ")[1].split()[0])
+    assert diff < 1e-4
+    assert "resumed from" in out.stdout and "MoE after 3 steps" in out.stdout

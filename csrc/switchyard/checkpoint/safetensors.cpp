@@ -89,7 +89,12 @@ SafetensorsReader::SafetensorsReader(const std::string& path) : file_(path) {
         continue;
       }
       SafetensorsEntry e;
-      e.dtype = scalar_type_of(value.at("dtype").get<std::string>());
+      const std::string dtype = value.at("dtype").get<std::string>();
+      try {
+        e.dtype = scalar_type_of(dtype);
+      } catch (const switchyard::Error&) {
+        SWITCHYARD_CHECK(false, "safetensors file ", path, ": tensor '", name, "' has unsupported dtype \"", dtype, "\"");
+      }
       e.shape = value.at("shape").get<std::vector<int64_t>>();
       e.numel = 1;
       for (int64_t d : e.shape) {

@@ -1,0 +1,92 @@
+"""Benchmark: does an upcycled MoE beat the dense model it came from, for the same extra steps?
+
+    python scripts/bench/bench_upcycling.py [--dense-steps 200] [--extra-steps 200] [--np 2]
+
+1. Trains configs/upcycle_dense.yaml (dense FFN 1024) for --dense-steps.
+2. From its checkpoint, for --extra-steps more, each with a fresh optimizer and the same
+   schedule:
+   - continued dense: the dense weights, trained on;
+   - upcycled MoE: fine-grained upcycling into configs/upcycle_moe.yaml (8 experts x 512,
+     top-2: the same FLOPs per token), trained on;
+   - MoE from scratch: configs/upcycle_moe.yaml from random weights.
+Prints a markdown table (loss at the first evaluation and at the end) and draws the three
+validation curves in OUT/upcycling.png. Losses, not times, so a busy machine changes only
+how long it takes.
+"""
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "python"))
+sys.path.insert(0, str(Path(__file__).parent))
+
+from bench_quality import train  # noqa: E402
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dense-steps", type=int, default=200)
+    p.add_argument("--extra-steps", type=int, default=200)
+    p.add_argument("--np", type=int, default=2)
+    p.add_argument("--out", type=Path, default=ROOT / "runs" / "upcycling")
+    args = p.parse_args()
+    out = args.out
+    eval_every = f"train.eval_every={max(1, args.extra_steps // 8)}"
+
+    import os
+
+    from switchyard import checkpoint
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "python"), OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    train("upcycle_dense", args.np, args.dense_steps, out, run="dense_source")
+    source = checkpoint.latest(out / "dense_source" / "checkpoints")
+    # The dense weights as a step-0 checkpoint: the continued dense run starts afresh too.
+    subprocess.run([sys.executable, "-c",
+                    "import sys, switchyard; from switchyard import _C, checkpoint; switchyard.init();"
+                    "c = checkpoint.read_config(sys.argv[1]);"
+                    "_C.checkpoint.write_initial_checkpoint(checkpoint.read_full_state(sys.argv[1]), c, sys.argv[2], {})",
+                    source, str(out / "dense_init")], check=True, cwd=ROOT, env=env)
+    subprocess.run([sys.executable, "-m", "switchyard.upcycle", "--from", source, "--config", "configs/upcycle_moe.yaml",
+                    "--method", "fine_grained", "--out", str(out / "upcycled_init")], check=True, cwd=ROOT, env=env)
+    runs = [
+        ("continued dense", "upcycle_dense", "continued_dense", [f"checkpoint.resume={out / 'dense_init'}"]),
+        ("upcycled MoE (fine-grained, 8x512 top-2)", "upcycle_moe", "upcycled",
+         [f"checkpoint.resume={out / 'upcycled_init'}"]),
+        ("MoE from scratch", "upcycle_moe", "scratch", []),
+    ]
+    results = [(label, *train(name, args.np, args.extra_steps, out, run=run, extra=[eval_every, *extra]))
+               for label, name, run, extra in runs]
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    rows = []
+    for (label, m, facts), color in zip(results, ("C1", "C0", "C2")):
+        val = [(s, v) for s, v in zip(m["step"], m["val_loss"]) if v is not None]
+        first_train = next(v for v in m["loss"] if v is not None)
+        ax.plot(*zip(*val), "o-", color=color, lw=1.6, ms=4, label=label)
+        rows.append((label, facts["parameters"], first_train, val[0][1], val[-1][1]))
+    ax.set_xlabel(f"extra optimizer steps (after {args.dense_steps} dense steps)")
+    ax.set_ylabel("validation cross-entropy (nats/token)")
+    ax.set_title("Upcycled MoE vs continued dense vs MoE from scratch")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "upcycling.png", dpi=120)
+
+    print(f"\n| run | parameters | first train loss | first validation loss | final validation loss |")
+    print("|---|---:|---:|---:|---:|")
+    for label, params, first, v0, v1 in rows:
+        print(f"| {label} | {params / 1e6:.2f} M | {first:.4f} | {v0:.4f} | {v1:.4f} |")
+    print(f"\nfinal validation loss, upcycled / continued dense: {rows[1][4] / rows[0][4]:.4f}; "
+          f"upcycled / scratch: {rows[1][4] / rows[2][4]:.4f}; plot: {out / 'upcycling.png'}")
+
+
+if __name__ == "__main__":
+    main()
