@@ -5,9 +5,9 @@ whose logits at initialisation are the dense model's, and keep training the MoE.
     mpirun -np 2 python examples/upcycle_and_train.py --dense-steps 20 --moe-steps 20 --set train.eval_every=10
 
 Every rank runs this file. Each stage is the library's own: switchyard.training.Trainer (the
-loop of python -m switchyard.train, with checkpoints), switchyard.upcycle (C++: fine-grained
-upcycling -- the dense FFN of 1024 cut into 2 segments, copied into 8 experts of 512,
-top-2 -- written as a step-0 checkpoint), and the Trainer again, resuming from that
+loop of python -m switchyard.train, with checkpoints), switchyard.upcycle (C++: sparse
+upcycling -- 8 copies of the dense FFN, top-1, a small random router -- written as a step-0
+checkpoint), and the Trainer again, resuming from that
 checkpoint on the same ranks (its experts spread over them). docs/upcycling.md has the
 methods and the comparison with continued dense training.
 """
@@ -45,7 +45,7 @@ def main() -> None:
     moe_cfg = switchyard.load_config(args.moe, args.set + [f"train.steps={args.moe_steps}",
                                                             f"train.run_dir={out / 'moe'}",
                                                             f"checkpoint.resume={out / 'upcycled'}"])
-    result = upcycle.upcycle(source, moe_cfg, out / "upcycled", upcycle.options(method="fine_grained"))
+    result = upcycle.upcycle(source, moe_cfg, out / "upcycled", upcycle.options(method="sparse", router_std=0.02))
     if info.rank == 0:
         print(f"[example] upcycled {source} -> {result['path']}; function preserved: "
               f"{result['preserves_function']} ({result['reason']})", flush=True)

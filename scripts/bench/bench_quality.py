@@ -1,6 +1,6 @@
 """Benchmark: model quality of the MoE demo against its FLOP-matched dense baseline.
 
-    python scripts/bench/bench_quality.py [--steps 200] [--np 2] [--out runs/quality]
+    python scripts/bench/bench_quality.py [--steps 200] [--np 2] [--out runs/quality] [--reuse]
 
 Trains configs/demo.yaml (8 experts top-2 + 1 shared) and configs/demo_dense.yaml (dense
 FFN of the same active size) on the same data, steps and schedule, each under mpirun, then
@@ -24,10 +24,16 @@ from switchyard.training.metrics import read_metrics  # noqa: E402
 RUNS = (("MoE (8 experts, top-2 + 1 shared)", "demo"), ("dense, FLOP-matched", "demo_dense"))
 
 
-def train(name, np, steps, out, run=None, extra=()):
+def train(name, np, steps, out, run=None, extra=(), reuse=False):
     """Trains configs/<name>.yaml for `steps` steps on `np` ranks into out/<run or name>;
-    returns its metrics columns and run.json. `extra`: more --set overrides."""
+    returns its metrics columns and run.json. `extra`: more --set overrides. `reuse`: keep a
+    run directory whose metrics already reach `steps` (a long benchmark resumed)."""
     run_dir = out / (run or name)
+    if reuse and (run_dir / "run.json").exists() and (run_dir / "metrics.csv").exists():
+        done = read_metrics(run_dir)["step"]
+        if done and done[-1] == steps:
+            print(f"reusing {run_dir} ({steps} steps)", flush=True)
+            return read_metrics(run_dir), json.loads((run_dir / "run.json").read_text())
     cmd = ["mpirun", "--oversubscribe", "--bind-to", "none", "-np", str(np)]
     if os.geteuid() == 0:
         cmd.append("--allow-run-as-root")
@@ -47,8 +53,9 @@ def main():
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--np", type=int, default=2)
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "quality")
+    p.add_argument("--reuse", action="store_true", help="keep runs in --out that already reached --steps")
     args = p.parse_args()
-    results = [(label, *train(name, args.np, args.steps, args.out)) for label, name in RUNS]
+    results = [(label, *train(name, args.np, args.steps, args.out, reuse=args.reuse)) for label, name in RUNS]
 
     import matplotlib
 

@@ -1,17 +1,19 @@
 """Benchmark: does an upcycled MoE beat the dense model it came from, for the same extra steps?
 
     python scripts/bench/bench_upcycling.py [--dense-steps 200] [--extra-steps 200] [--np 2]
+        [--target configs/upcycle_moe.yaml --method sparse --router-std 0.02]
 
 1. Trains configs/upcycle_dense.yaml (dense FFN 1024) for --dense-steps.
 2. From its checkpoint, for --extra-steps more, each with a fresh optimizer and the same
    schedule:
    - continued dense: the dense weights, trained on;
-   - upcycled MoE: fine-grained upcycling into configs/upcycle_moe.yaml (8 experts x 512,
-     top-2: the same FLOPs per token), trained on;
-   - MoE from scratch: configs/upcycle_moe.yaml from random weights.
+   - upcycled MoE: --method upcycling into --target (default: 8 copies of the dense FFN,
+     top-1: the same FLOPs per token), trained on;
+   - MoE from scratch: --target from random weights.
 Prints a markdown table (loss at the first evaluation and at the end) and draws the three
-validation curves in OUT/upcycling.png. Losses, not times, so a busy machine changes only
-how long it takes.
+validation curves in OUT/upcycling_<target>.png. Runs already complete in OUT are reused
+(the dense ones are shared by every target). Losses, not times, so a busy machine changes
+only how long it takes.
 """
 
 import argparse
@@ -32,7 +34,11 @@ def main():
     p.add_argument("--extra-steps", type=int, default=200)
     p.add_argument("--np", type=int, default=2)
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "upcycling")
+    p.add_argument("--target", default="configs/upcycle_moe.yaml")
+    p.add_argument("--method", default="sparse", choices=["sparse", "drop", "fine_grained"])
+    p.add_argument("--router-std", type=float, default=0.02)
     args = p.parse_args()
+    tag = Path(args.target).stem
     out = args.out
     eval_every = f"train.eval_every={max(1, args.extra_steps // 8)}"
 
@@ -41,23 +47,25 @@ def main():
     from switchyard import checkpoint
 
     env = dict(os.environ, PYTHONPATH=str(ROOT / "python"), OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    train("upcycle_dense", args.np, args.dense_steps, out, run="dense_source")
+    train("upcycle_dense", args.np, args.dense_steps, out, run="dense_source", reuse=True)
     source = checkpoint.latest(out / "dense_source" / "checkpoints")
     # The dense weights as a step-0 checkpoint: the continued dense run starts afresh too.
-    subprocess.run([sys.executable, "-c",
-                    "import sys, switchyard; from switchyard import _C, checkpoint; switchyard.init();"
-                    "c = checkpoint.read_config(sys.argv[1]);"
-                    "_C.checkpoint.write_initial_checkpoint(checkpoint.read_full_state(sys.argv[1]), c, sys.argv[2], {})",
-                    source, str(out / "dense_init")], check=True, cwd=ROOT, env=env)
-    subprocess.run([sys.executable, "-m", "switchyard.upcycle", "--from", source, "--config", "configs/upcycle_moe.yaml",
-                    "--method", "fine_grained", "--out", str(out / "upcycled_init")], check=True, cwd=ROOT, env=env)
+    if checkpoint.latest(out / "dense_init") is None:
+        subprocess.run([sys.executable, "-c",
+                        "import sys, switchyard; from switchyard import _C, checkpoint; switchyard.init();"
+                        "c = checkpoint.read_config(sys.argv[1]);"
+                        "_C.checkpoint.write_initial_checkpoint(checkpoint.read_full_state(sys.argv[1]), c, sys.argv[2], {})",
+                        source, str(out / "dense_init")], check=True, cwd=ROOT, env=env)
+    init = out / f"upcycled_init_{tag}"
+    subprocess.run([sys.executable, "-m", "switchyard.upcycle", "--from", source, "--config", args.target,
+                    "--method", args.method, "--router-std", str(args.router_std), "--out", str(init)],
+                   check=True, cwd=ROOT, env=env)
     runs = [
         ("continued dense", "upcycle_dense", "continued_dense", [f"checkpoint.resume={out / 'dense_init'}"]),
-        ("upcycled MoE (fine-grained, 8x512 top-2)", "upcycle_moe", "upcycled",
-         [f"checkpoint.resume={out / 'upcycled_init'}"]),
-        ("MoE from scratch", "upcycle_moe", "scratch", []),
+        (f"upcycled MoE ({args.method}, {tag})", tag, f"upcycled_{tag}", [f"checkpoint.resume={init}"]),
+        (f"MoE from scratch ({tag})", tag, f"scratch_{tag}", []),
     ]
-    results = [(label, *train(name, args.np, args.extra_steps, out, run=run, extra=[eval_every, *extra]))
+    results = [(label, *train(name, args.np, args.extra_steps, out, run=run, extra=[eval_every, *extra], reuse=True))
                for label, name, run, extra in runs]
 
     import matplotlib
@@ -78,14 +86,14 @@ def main():
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "upcycling.png", dpi=120)
+    fig.savefig(out / f"upcycling_{tag}.png", dpi=120)
 
     print(f"\n| run | parameters | first train loss | first validation loss | final validation loss |")
     print("|---|---:|---:|---:|---:|")
     for label, params, first, v0, v1 in rows:
         print(f"| {label} | {params / 1e6:.2f} M | {first:.4f} | {v0:.4f} | {v1:.4f} |")
     print(f"\nfinal validation loss, upcycled / continued dense: {rows[1][4] / rows[0][4]:.4f}; "
-          f"upcycled / scratch: {rows[1][4] / rows[2][4]:.4f}; plot: {out / 'upcycling.png'}")
+          f"upcycled / scratch: {rows[1][4] / rows[2][4]:.4f}; plot: {out / f'upcycling_{tag}.png'}")
 
 
 if __name__ == "__main__":

@@ -358,7 +358,10 @@ std::string write_initial_checkpoint_on(comm::Communicator self, const StateDict
   {
     const torch::NoGradGuard no_grad;
     std::set<std::string> seen;
+    std::set<const c10::TensorImpl*> filled;  // a tied parameter is filled under one of its names
     auto fill = [&](const std::string& name, at::Tensor& t) {
+      if (!state.count(name) && filled.count(t.unsafeGetTensorImpl())) return;
+      filled.insert(t.unsafeGetTensorImpl());
       auto it = state.find(name);
       SWITCHYARD_CHECK(it != state.end(), "write_initial_checkpoint: no tensor for '", name, "' of the model");
       SWITCHYARD_CHECK(it->second.sizes() == t.sizes(), "write_initial_checkpoint: '", name, "' has shape ",

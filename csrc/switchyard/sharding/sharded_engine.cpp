@@ -209,8 +209,17 @@ void ShardedEngine::build_units() {
   }
   // Every trainable parameter must belong to a unit, or it would silently never train.
   std::vector<std::string> missing;
+  // A tied parameter (lm_head.weight = model.embed_tokens.weight) is listed under one of its
+  // names: compare tensors, not names.
+  std::set<const c10::TensorImpl*> listed_tensors;
+  for (int64_t i = 0; i < num_units_; ++i) {
+    for (const nn::UnitParameter& p : seq_->unit_parameters(i)) listed_tensors.insert(p.tensor.unsafeGetTensorImpl());
+  }
   for (const auto& item : module_->named_parameters(/*recurse=*/true)) {
-    if (item.value().requires_grad() && !listed.count(item.key())) missing.push_back(item.key());
+    if (item.value().requires_grad() && !listed.count(item.key()) &&
+        !listed_tensors.count(item.value().unsafeGetTensorImpl())) {
+      missing.push_back(item.key());
+    }
   }
   TORCH_CHECK_VALUE(missing.empty(), "ShardedEngine: ", missing.size(), " parameter(s) of the model "
                     "belong to no unit (unit_parameters never lists them), e.g. '", missing.empty() ? "" : missing.front(),
