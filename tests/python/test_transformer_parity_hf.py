@@ -1,5 +1,5 @@
-"""switchyard.nn.MoETransformer against Hugging Face's LlamaForCausalLM, MixtralForCausalLM
-and Qwen2MoeForCausalLM.
+"""switchyard.nn.MoETransformer against Hugging Face's LlamaForCausalLM, Qwen2ForCausalLM
+(q/k/v biases: model.qkv_bias), MixtralForCausalLM and Qwen2MoeForCausalLM.
 
 Each test builds the peer from a small config with random weights (no hub access), loads
 its state_dict into an MoETransformer (as it is for Llama; Mixtral's and Qwen2-MoE's
@@ -33,7 +33,7 @@ import switchyard
 from hf_peers import KeepFloat64, mixtral_grads, mixtral_state_dict, qwen2_moe_grads, qwen2_moe_state_dict
 
 transformers = pytest.importorskip("transformers")
-from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM  # noqa: E402
 from transformers.models.mixtral.modeling_mixtral import (  # noqa: E402
     MixtralConfig,
     MixtralForCausalLM,
@@ -108,6 +108,16 @@ def build_llama(n_kv=2, tie=False, ffn=96):
     return peer, ours, lambda p: p.state_dict(), lambda grads: grads  # same names, same layout
 
 
+def build_qwen2(n_kv=2, ffn=96):
+    # Llama's decoder with q/k/v biases: our model.qkv_bias.
+    cfg = Qwen2Config(**_common(intermediate_size=ffn, num_key_value_heads=n_kv, tie_word_embeddings=False,
+                                use_sliding_window=False))
+    cfg._attn_implementation = "eager"
+    peer = Qwen2ForCausalLM(cfg)
+    ours = _ours_options(n_kv, False, ffn_hidden=ffn, moe_layer_freq=0, qkv_bias=True)
+    return peer, ours, lambda p: p.state_dict(), lambda grads: grads  # same names, same layout
+
+
 def _moe_maps(block_to_ours, block_grads_to_peer, sparse_layers):
     """Whole-model mappings from a per-block mapping: the MoE blocks' mlp.* keys converted."""
 
@@ -164,6 +174,7 @@ PEERS = {
     "llama-gqa": lambda: build_llama(n_kv=2, tie=False),
     "llama-gqa-tied": lambda: build_llama(n_kv=4, tie=True),
     "llama-mha": lambda: build_llama(n_kv=HEADS, tie=False),
+    "qwen2-qkv-bias": lambda: build_qwen2(),
     "mixtral": lambda: build_mixtral(),
     "mixtral-gqa-tied-k1": lambda: build_mixtral(n_kv=2, tie=True, num_experts=3, top_k=1),
     "qwen2_moe": lambda: build_qwen2_moe(),

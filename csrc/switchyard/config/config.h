@@ -25,6 +25,7 @@ struct ModelConfig {
   int64_t n_layers = 8;
   int64_t n_heads = 8;
   int64_t n_kv_heads = 0;  // 0 = n_heads (plain multi-head attention)
+  bool qkv_bias = false;   // q/k/v projections with a bias (Qwen2)
   int64_t ffn_hidden = 2048;
   int64_t max_seq_len = 1024;
   double rope_theta = 10000.0;

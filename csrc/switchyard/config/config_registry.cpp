@@ -95,6 +95,7 @@ std::vector<SectionInfo> build_registry() {
     b.add(SY_KEY(M, n_layers), "Number of transformer blocks.").at_least(1);
     b.add(SY_KEY(M, n_heads), "Attention query heads; must divide d_model, with an even head size for RoPE.").at_least(1);
     b.add(SY_KEY(M, n_kv_heads), "Key/value heads for grouped-query attention; must divide n_heads. 0 = n_heads.").at_least(0);
+    b.add(SY_KEY(M, qkv_bias), "Give the attention's q_proj, k_proj and v_proj a bias (o_proj never has one), as Qwen2 does.");
     b.add(SY_KEY(M, ffn_hidden), "Hidden size of the FFN in dense (non-MoE) blocks.").at_least(1);
     b.add(SY_KEY(M, max_seq_len), "Longest sequence the model accepts (RoPE tables are built for it).").at_least(1);
     b.add(SY_KEY(M, rope_theta), "Base of the rotary position embedding frequencies.").greater_than(0);

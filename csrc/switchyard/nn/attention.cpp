@@ -6,7 +6,7 @@
 namespace switchyard::nn {
 
 AttentionImpl::AttentionImpl(int64_t d_model, int64_t n_heads, int64_t n_kv_heads,
-                             std::shared_ptr<const RotaryEmbedding> rope)
+                             std::shared_ptr<const RotaryEmbedding> rope, bool qkv_bias)
     : d_model_(d_model), n_heads_(n_heads), n_kv_heads_(n_kv_heads), rope_(std::move(rope)) {
   TORCH_CHECK_VALUE(n_heads >= 1 && n_kv_heads >= 1 && d_model % n_heads == 0 &&
                         n_heads % n_kv_heads == 0,
@@ -16,13 +16,13 @@ AttentionImpl::AttentionImpl(int64_t d_model, int64_t n_heads, int64_t n_kv_head
   head_dim_ = d_model / n_heads;
   TORCH_CHECK_VALUE(rope_ && rope_->head_dim() == head_dim_, "Attention: expected a "
                     "RotaryEmbedding for head size ", head_dim_);
-  const auto linear = [](int64_t in, int64_t out) {
-    return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(false));
+  const auto linear = [](int64_t in, int64_t out, bool bias) {
+    return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(bias));
   };
-  q_proj = register_module("q_proj", linear(d_model, n_heads * head_dim_));
-  k_proj = register_module("k_proj", linear(d_model, n_kv_heads * head_dim_));
-  v_proj = register_module("v_proj", linear(d_model, n_kv_heads * head_dim_));
-  o_proj = register_module("o_proj", linear(n_heads * head_dim_, d_model));
+  q_proj = register_module("q_proj", linear(d_model, n_heads * head_dim_, qkv_bias));
+  k_proj = register_module("k_proj", linear(d_model, n_kv_heads * head_dim_, qkv_bias));
+  v_proj = register_module("v_proj", linear(d_model, n_kv_heads * head_dim_, qkv_bias));
+  o_proj = register_module("o_proj", linear(n_heads * head_dim_, d_model, false));
 }
 
 at::Tensor AttentionImpl::forward(const at::Tensor& x_BSd) {

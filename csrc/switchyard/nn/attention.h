@@ -4,10 +4,11 @@
 //              -> RoPE on q and k -> softmax(q k^T / sqrt(hd) + causal mask) v
 //              -> o_proj [B, S, d]
 //
-// Projections are bias-free nn::Linear named like Llama's (q_proj, k_proj, v_proj, o_proj,
-// weights [out, in]), so a Llama checkpoint maps onto it one to one. Each key/value head
-// serves n_heads / n_kv_heads consecutive query heads (at::scaled_dot_product_attention's
-// enable_gqa, i.e. Llama's repeat_kv).
+// Projections are nn::Linear named like Llama's (q_proj, k_proj, v_proj, o_proj, weights
+// [out, in]), so a Llama checkpoint maps onto it one to one. They are bias-free unless
+// qkv_bias, which gives q_proj, k_proj and v_proj (never o_proj) a bias, as Qwen2 has.
+// Each key/value head serves n_heads / n_kv_heads consecutive query heads
+// (at::scaled_dot_product_attention's enable_gqa, i.e. Llama's repeat_kv).
 #pragma once
 
 #include <torch/nn/module.h>
@@ -23,7 +24,7 @@ namespace switchyard::nn {
 class AttentionImpl : public torch::nn::Module {
  public:
   AttentionImpl(int64_t d_model, int64_t n_heads, int64_t n_kv_heads,
-                std::shared_ptr<const RotaryEmbedding> rope);
+                std::shared_ptr<const RotaryEmbedding> rope, bool qkv_bias = false);
 
   // x [B, S, d_model] -> [B, S, d_model]; position s attends to positions <= s.
   at::Tensor forward(const at::Tensor& x_BSd);

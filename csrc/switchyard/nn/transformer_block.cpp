@@ -9,7 +9,7 @@ TransformerBlockImpl::TransformerBlockImpl(const MoETransformerOptions& o, int64
                                            bool first_moe, std::shared_ptr<const RotaryEmbedding> rope)
     : layer_index_(layer_index) {
   // Registration order = Hugging Face's, so named_parameters() lists them alike.
-  self_attn = register_module("self_attn", Attention(o.d_model, o.n_heads, o.kv_heads(), std::move(rope)));
+  self_attn = register_module("self_attn", Attention(o.d_model, o.n_heads, o.kv_heads(), std::move(rope), o.qkv_bias));
   if (o.is_moe_layer(layer_index)) {
     MoELayerOptions moe_options = o.moe;
     if (first_moe) moe_options.gating_residual = false;
@@ -25,6 +25,7 @@ void TransformerBlockImpl::reset_parameters(double std, double residual_std) {
   const torch::NoGradGuard no_grad;
   for (auto* proj : {&self_attn->q_proj, &self_attn->k_proj, &self_attn->v_proj}) {
     (*proj)->weight.normal_(0.0, std);
+    if ((*proj)->bias.defined()) (*proj)->bias.zero_();  // model.qkv_bias
   }
   self_attn->o_proj->weight.normal_(0.0, residual_std);
   if (moe) {

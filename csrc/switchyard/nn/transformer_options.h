@@ -23,6 +23,7 @@ struct MoETransformerOptions {
   int64_t n_layers = 8;
   int64_t n_heads = 8;
   int64_t n_kv_heads = 0;  // 0 = n_heads (plain multi-head attention)
+  bool qkv_bias = false;   // q/k/v projections with a bias (Qwen2); o_proj never has one
   int64_t ffn_hidden = 2048;
   int64_t max_seq_len = 1024;
   double rope_theta = 10000.0;
@@ -68,6 +69,7 @@ MoETransformerOptions transformer_options_from_config(const config::Config& conf
   X(int64_t, n_layers)                          \
   X(int64_t, n_heads)                           \
   X(int64_t, n_kv_heads)                        \
+  X(bool, qkv_bias)                             \
   X(int64_t, ffn_hidden)                        \
   X(int64_t, max_seq_len)                       \
   X(double, rope_theta)                         \
