@@ -121,11 +121,13 @@ def load_model(path: os.PathLike, dtype: Optional[torch.dtype] = None):
     model = MoETransformer.from_config(cfg)
     state = read_full_state(path)
     own = dict(model.state_dict())
-    missing = [k for k in own if k not in state]
+    # A tied head is stored once, as the embedding; load_state_dict ties it back.
+    tied = {"lm_head.weight"} if cfg.model.tie_embeddings else set()
+    missing = [k for k in own if k not in state and k not in tied]
     if missing:
         raise ValueError(f"checkpoint {resolve(path)} lacks {len(missing)} tensor(s) of its own model, e.g. "
                          f"{missing[0]!r}")
-    model.load_state_dict({k: state[k] for k in own})
+    model.load_state_dict({k: state[k] for k in own if k in state})
     if dtype is not None:
         model.to(dtype)
     return model

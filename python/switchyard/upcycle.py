@@ -67,7 +67,9 @@ def upcycle(source, target, out, opts: Optional[UpcycleOptions] = None) -> dict:
     of ``target`` (a :class:`switchyard.Config`) and writes a step-0 checkpoint under ``out``.
     Returns the result dict of :func:`upcycle_state` (without the state) plus ``path``."""
     from . import checkpoint
+    from ._runtime import init
 
+    init()  # writing the checkpoint runs the engine (MPI: alone, or every rank of a job)
     opts = opts or options()
     source = Path(source)
     if _is_hf_directory(source):

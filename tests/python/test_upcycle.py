@@ -188,3 +188,25 @@ def _logits_of(model):
     x = torch.randint(0, 256, (2, 16), generator=g)
     with torch.no_grad():
         return model.eval()(x).logits
+
+
+@pytest.mark.parametrize("peer_name", ["llama", "llama-tied", "qwen2"])
+def test_a_hugging_face_model_upcycles_to_the_same_logits(peer_name, tmp_path):
+    from test_hf_convert import PEERS, _ids, _save_peer
+
+    from switchyard import hf
+
+    peer = _save_peer(peer_name, tmp_path / "hf")
+    imported = hf.import_checkpoint(tmp_path / "hf")
+    model_keys = [o for o in imported["overrides"] if not o.startswith(("model.moe_layer_freq", "model.first_k_dense"))]
+    ffn = next(o for o in model_keys if o.startswith("model.ffn_hidden=")).split("=")[1]
+    target = switchyard.load_config("configs/demo.yaml", model_keys + [
+        "data.tokenizer=byte", "data.seq_len=16", "parallel.expert_parallel=2", "moe.num_experts=4", "moe.top_k=2",
+        f"moe.ffn_hidden={ffn}", "moe.num_shared_experts=1", f"moe.shared_ffn_hidden={ffn}", "moe.jitter_eps=0"])
+    result = upcycle.upcycle(tmp_path / "hf", target, tmp_path / "moe", upcycle.options(router_std=0.02))
+    assert result["preserves_function"], result["reason"]
+    moe = checkpoint.load_model(tmp_path / "moe").eval()
+    assert len(moe.moe_layers()) == target.model.n_layers
+    ids = _ids()
+    with torch.no_grad():
+        torch.testing.assert_close(moe(ids).logits, peer(input_ids=ids).logits, rtol=1e-4, atol=1e-5)

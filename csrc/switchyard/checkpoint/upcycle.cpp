@@ -68,6 +68,7 @@ void check_same_backbone(const nn::MoETransformerOptions& a, const nn::MoETransf
   SY_SAME(rope_theta);
   SY_SAME(norm_eps);
   SY_SAME(tie_embeddings);
+  SY_SAME(qkv_bias);
 #undef SY_SAME
   SWITCHYARD_CHECK(a.kv_heads() == b.kv_heads(), "upcycle: model.n_kv_heads is ", b.kv_heads(),
                    " in the target but ", a.kv_heads(), " in the source");
@@ -84,6 +85,11 @@ void copy_backbone(Source& src, StateDict& out, const nn::MoETransformerOptions&
     copy(p + "self_attn.k_proj.weight", {o.kv_heads() * hd, d});
     copy(p + "self_attn.v_proj.weight", {o.kv_heads() * hd, d});
     copy(p + "self_attn.o_proj.weight", {d, o.n_heads * hd});
+    if (o.qkv_bias) {  // Qwen2's attention
+      copy(p + "self_attn.q_proj.bias", {o.n_heads * hd});
+      copy(p + "self_attn.k_proj.bias", {o.kv_heads() * hd});
+      copy(p + "self_attn.v_proj.bias", {o.kv_heads() * hd});
+    }
     copy(p + "input_layernorm.weight", {d});
     copy(p + "post_attention_layernorm.weight", {d});
   }
