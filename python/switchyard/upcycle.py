@@ -27,16 +27,56 @@ from . import _C
 
 UpcycleOptions = _C.checkpoint.UpcycleOptions
 
-__all__ = ["UpcycleOptions", "options", "upcycle_state", "upcycle", "main"]
+__all__ = ["UpcycleOptions", "options", "upcycle_state", "upcycle", "expert_utility", "copies_by_utility", "main"]
 
 
 def options(method: str = "sparse", noise: float = 0.0, drop_fraction: float = 0.5, shared_fraction: float = 0.5,
-            router_std: float = 0.0, seed: int = 0) -> UpcycleOptions:
+            router_std: float = 0.0, seed: int = 0, extra_copies: Optional[List[List[int]]] = None) -> UpcycleOptions:
     """An :class:`UpcycleOptions` (see docs/upcycling.md for each field)."""
     o = UpcycleOptions()
     o.method, o.noise, o.drop_fraction = method, float(noise), float(drop_fraction)
     o.shared_fraction, o.router_std, o.seed = float(shared_fraction), float(router_std), int(seed)
+    o.extra_copies = [list(map(int, layer)) for layer in (extra_copies or [])]
     return o
+
+
+def expert_utility(model, batches) -> List[torch.Tensor]:
+    """Per MoE layer (block order), each expert's utility: |sum over its weights of
+    gradient x weight|, accumulated over ``batches`` of ``(input_ids, targets)`` -- the
+    first-order estimate of how much the loss would change without the expert (the
+    gradient-based importance of the Expert Upcycling paper's non-uniform duplication)."""
+    layers = model.moe_layers()
+    model.train()
+    model.zero_grad(set_to_none=True)
+    for input_ids, targets in batches:
+        out = model(input_ids, targets)
+        (out.loss + (out.aux_loss if out.aux_loss is not None else 0)).backward()
+    scores = []
+    for layer in layers:
+        total = None
+        for name, w in layer.named_parameters():
+            if not name.startswith("experts.") or w.grad is None:
+                continue
+            s = (w.grad * w).detach().flatten(1).sum(1)
+            total = s if total is None else total + s
+        scores.append(total.abs())
+    model.zero_grad(set_to_none=True)
+    return scores
+
+
+def copies_by_utility(scores: List[torch.Tensor], m: int) -> List[List[int]]:
+    """(m-1)*E extra copies per layer shared out in proportion to utility (largest
+    remainder), so useful experts are duplicated more: the ``extra_copies`` option."""
+    out = []
+    for s in scores:
+        E = s.numel()
+        slots = (m - 1) * E
+        share = s.double() / s.double().sum().clamp_min(1e-30) * slots
+        counts = share.floor().long()
+        rest = int(slots - counts.sum())
+        counts[torch.argsort(share - counts.double(), descending=True, stable=True)[:rest]] += 1
+        out.append([e for e in range(E) for _ in range(int(counts[e]))])
+    return out
 
 
 def upcycle_state(state: Dict[str, torch.Tensor], from_config, to_config, opts: Optional[UpcycleOptions] = None) -> dict:
@@ -87,6 +127,20 @@ def upcycle(source, target, out, opts: Optional[UpcycleOptions] = None) -> dict:
     return result
 
 
+def _utility_copies(source, target, num_batches: int) -> List[List[int]]:
+    """extra_copies for an MoE checkpoint `source` grown into `target`, from the utility of
+    its experts on `num_batches` training batches of the source's own data config."""
+    from . import checkpoint
+    from .data import build_dataset
+
+    src_cfg = checkpoint.read_config(source)
+    model = checkpoint.load_model(source)
+    train, _, _ = build_dataset(src_cfg, 0, 1)
+    batches = [train.next_batch(src_cfg.train.micro_batch_size) for _ in range(num_batches)]
+    m = target.moe.num_experts // src_cfg.moe.num_experts
+    return copies_by_utility(expert_utility(model, batches), m)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m switchyard.upcycle", description=__doc__.split("\n\n")[0])
     parser.add_argument("--from", dest="source", required=True,
@@ -101,6 +155,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="with a shared expert: the share of the dense FFN's output it carries")
     parser.add_argument("--router-std", type=float, default=0.0, help="router init std (0 = zeros)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--utility-batches", type=int, default=0,
+                        help="expert upcycling: duplicate experts in proportion to a gradient-based utility "
+                             "measured on this many training batches of the source's data (0 = every expert m times)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a key of the target config")
     args = parser.parse_args(argv)
@@ -111,9 +168,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     switchyard.init()
     try:
         target = switchyard.load_config(args.config, overrides=args.overrides)
+        extra = None
+        if args.utility_batches > 0:
+            extra = _utility_copies(args.source, target, args.utility_batches)
         result = upcycle(args.source, target, args.out,
                          options(args.method, args.noise, args.drop_fraction, args.shared_fraction,
-                                 args.router_std, args.seed))
+                                 args.router_std, args.seed, extra))
     except (ConfigError, ValueError, FileNotFoundError) as e:
         print(f"switchyard.upcycle: {e}", file=sys.stderr, flush=True)
         return 2

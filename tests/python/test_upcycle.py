@@ -210,3 +210,31 @@ def test_a_hugging_face_model_upcycles_to_the_same_logits(peer_name, tmp_path):
     ids = _ids()
     with torch.no_grad():
         torch.testing.assert_close(moe(ids).logits, peer(input_ids=ids).logits, rtol=1e-4, atol=1e-5)
+
+
+def test_utility_scores_decide_which_experts_are_duplicated():
+    assert upcycle.copies_by_utility([torch.tensor([3.0, 1.0, 0.0, 0.0])], 2) == [[0, 0, 0, 1]]
+    assert upcycle.copies_by_utility([torch.tensor([1.0, 1.0, 1.0])], 3) == [[0, 0, 1, 1, 2, 2]]
+    src_cfg = _cfg("moe.num_experts=4", "moe.top_k=1")
+    src = _model(src_cfg)
+    with torch.no_grad():
+        for name, p in src.named_parameters():
+            if name.endswith("router.weight"):
+                p.normal_(0, 1.0)
+    g = torch.Generator().manual_seed(5)
+    batches = [(torch.randint(0, 256, (2, 16), generator=g), torch.randint(0, 256, (2, 16), generator=g))
+               for _ in range(2)]
+    scores = upcycle.expert_utility(src, batches)
+    assert len(scores) == 3 and all(s.shape == (4,) and (s >= 0).all() and s.sum() > 0 for s in scores)
+    extra = upcycle.copies_by_utility(scores, 2)
+    big, r = _upcycled(src, src_cfg, _cfg("moe.num_experts=8", "moe.top_k=1"), extra_copies=extra)
+    assert r["preserves_function"], r["reason"]
+    torch.testing.assert_close(_logits(big.eval()), _logits(src.eval()), rtol=1e-12, atol=1e-12)
+    experts = r["state"]["model.layers.1.mlp.experts.gate_proj"]
+    src_experts = src.state_dict()["model.layers.1.mlp.experts.gate_proj"]
+    for slot, e in enumerate(extra[1]):
+        torch.testing.assert_close(experts[4 + slot], src_experts[e])
+    # Non-uniform copies leave no blocks to limit routing to: top-2 is flagged.
+    _, r2 = _upcycled(src, _cfg("moe.num_experts=4", "moe.top_k=2"), _cfg("moe.num_experts=8", "moe.top_k=2",
+                      "moe.num_groups=2", "moe.topk_groups=1"), extra_copies=extra)
+    assert not r2["preserves_function"] and "utility-chosen copies" in r2["reason"]

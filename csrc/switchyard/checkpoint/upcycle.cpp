@@ -284,6 +284,31 @@ UpcycleResult upcycle_experts(const StateDict& source, const nn::MoETransformerO
   // Without renormalisation a softmax over m copies gives each 1/m of the source's weight.
   const double down_scale = (a.score_func == "softmax" && !b.renormalize) ? static_cast<double>(m) : 1.0;
 
+  // Which source expert each target expert copies, per MoE layer.
+  int64_t moe_layers = 0;
+  for (int64_t i = 0; i < from.n_layers; ++i) moe_layers += from.is_moe_layer(i) ? 1 : 0;
+  const bool uniform = o.extra_copies.empty();
+  SWITCHYARD_CHECK(uniform || static_cast<int64_t>(o.extra_copies.size()) == moe_layers, "upcycle: extra_copies "
+                   "lists ", o.extra_copies.size(), " layers but the model has ", moe_layers, " MoE layers");
+  std::vector<std::vector<int64_t>> order(static_cast<size_t>(moe_layers));
+  for (int64_t j = 0; j < moe_layers; ++j) {
+    for (int64_t e = 0; e < E; ++e) order[j].push_back(e);
+    for (int64_t c = 1; c < m && uniform; ++c) {
+      for (int64_t e = 0; e < E; ++e) order[j].push_back(e);
+    }
+    if (!uniform) {
+      for (int64_t e : o.extra_copies[j]) {
+        SWITCHYARD_CHECK(e >= 0 && e < E, "upcycle: extra_copies names expert ", e, " of a ", E, "-expert layer");
+        order[j].push_back(e);
+      }
+      SWITCHYARD_CHECK(static_cast<int64_t>(order[j].size()) == m * E, "upcycle: extra_copies of MoE layer ", j,
+                       " gives ", order[j].size() - E, " copies; the target needs ", (m - 1) * E);
+    }
+  }
+  auto gather_rows = [&](const at::Tensor& t, int64_t j) {
+    return t.index_select(0, at::tensor(order[j], at::TensorOptions().dtype(at::kLong)));
+  };
+
   at::Generator gen = at::detail::createCPUGenerator(static_cast<uint64_t>(o.seed));
   Source src(source);
   UpcycleResult r;
@@ -291,6 +316,7 @@ UpcycleResult upcycle_experts(const StateDict& source, const nn::MoETransformerO
   const torch::NoGradGuard no_grad;
   copy_backbone(src, out, from);
   auto copy = [&](const std::string& n, std::vector<int64_t> shape) { out[n] = src.take(n, std::move(shape)).clone(); };
+  int64_t j = -1;  // MoE layer index
   for (int64_t i = 0; i < from.n_layers; ++i) {
     const std::string p = mlp(i);
     if (!from.is_moe_layer(i)) {
@@ -299,24 +325,22 @@ UpcycleResult upcycle_experts(const StateDict& source, const nn::MoETransformerO
       copy(p + "down_proj.weight", {d, from.ffn_hidden});
       continue;
     }
-    // Block c of the target's experts is copy c of every source expert.
+    ++j;
+    // Target expert k copies source expert order[j][k]: the originals first (0 .. E-1), then
+    // the copies (uniformly: copy c of every expert is block c).
     for (const char* w : {"gate_proj", "up_proj", "down_proj"}) {
       const bool down = std::string(w) == "down_proj";
       const at::Tensor t = src.take(p + "experts." + w, down ? std::vector<int64_t>{E, f, d} : std::vector<int64_t>{E, d, f});
-      std::vector<at::Tensor> copies;
-      for (int64_t c = 0; c < m; ++c) copies.push_back(with_noise(down ? t * down_scale : t, c == 0 ? 0.0 : o.noise, gen));
-      out[p + "experts." + w] = at::cat(copies).contiguous();
+      at::Tensor all = gather_rows(down ? t * down_scale : t, j);
+      if (o.noise > 0) all.narrow(0, E, (m - 1) * E).copy_(with_noise(all.narrow(0, E, (m - 1) * E), o.noise, gen));
+      out[p + "experts." + w] = all.contiguous();
     }
     const at::Tensor router = src.take(p + "router.weight", {E + extra, d});
-    std::vector<at::Tensor> rows(static_cast<size_t>(m), router.narrow(0, 0, E));
-    rows.push_back(router.narrow(0, E, extra));
-    out[p + "router.weight"] = at::cat(rows).contiguous();
+    out[p + "router.weight"] = at::cat({gather_rows(router.narrow(0, 0, E), j), router.narrow(0, E, extra)}).contiguous();
     if (b.has_selection_bias()) {
       at::Tensor bias = a.has_selection_bias() ? src.take(p + "router.selection_bias", {E + extra})
                                                : at::zeros({E + extra}, router.options());
-      std::vector<at::Tensor> parts(static_cast<size_t>(m), bias.narrow(0, 0, E));
-      parts.push_back(bias.narrow(0, E, extra));
-      out[p + "router.selection_bias"] = at::cat(parts).contiguous();
+      out[p + "router.selection_bias"] = at::cat({gather_rows(bias.narrow(0, 0, E), j), bias.narrow(0, E, extra)}).contiguous();
     } else if (a.has_selection_bias()) {
       src.take(p + "router.selection_bias", {E + extra});  // the target routes without one
     }
@@ -337,11 +361,13 @@ UpcycleResult upcycle_experts(const StateDict& source, const nn::MoETransformerO
   if (b.router != "topk") breaks.push_back("expert-choice routing changes with the number of experts");
   if (extra > 0) breaks.push_back("null / zero-computation experts keep one router row while experts get m");
   if (b.capacity_factor > 0) breaks.push_back("moe.capacity_factor shrinks each expert's capacity m-fold");
-  const bool one_group_per_copy = a.num_groups == 1 && b.num_groups == m && b.topk_groups == 1;
+  const bool one_group_per_copy = uniform && a.num_groups == 1 && b.num_groups == m && b.topk_groups == 1;
   if (b.top_k > 1 && !one_group_per_copy)
-    breaks.push_back("with top_k > 1 a token can take several copies of one expert; set moe.num_groups = " +
-                     std::to_string(m) + " and moe.topk_groups = 1 (one group per block of copies) to keep the "
-                     "source's choice");
+    breaks.push_back(uniform ? "with top_k > 1 a token can take several copies of one expert; set moe.num_groups = " +
+                                   std::to_string(m) + " and moe.topk_groups = 1 (one group per block of copies) to "
+                                   "keep the source's choice"
+                             : "with top_k > 1 and utility-chosen copies a token can take several copies of one "
+                               "expert (no block of copies to limit routing to)");
   if (b.top_k == 1 && b.num_groups != 1 && !one_group_per_copy)
     breaks.push_back("group-limited routing reorders the tied copies");
   r.preserves_function = breaks.empty();

@@ -18,7 +18,8 @@
 // `shared_fraction` of the output, the routed experts the rest.
 // Expert upcycling (MoE -> MoE): expert e of the source becomes experts e, e + E, ...,
 // e + (m-1)E of the target (copy c of every expert forms block c), router rows and selection
-// biases likewise; top-k held fixed.
+// biases likewise; top-k held fixed. Or, with UpcycleOptions::extra_copies, the originals
+// followed by copies of the experts a utility score chose.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -42,6 +43,11 @@ struct UpcycleOptions {
   double shared_fraction = 0.5;   // with a shared expert: the share of the output it carries
   double router_std = 0.0;        // router weights ~ N(0, router_std^2); 0 = zeros (ties)
   int64_t seed = 0;
+  // Expert upcycling only: per MoE layer (in block order), the source expert each of the
+  // target's experts E .. m*E-1 copies (experts 0 .. E-1 are the originals). Empty = every
+  // expert m times (copy c of every expert is block c). Non-uniform duplication follows a
+  // utility score (python/switchyard/upcycle.py, expert_utility).
+  std::vector<std::vector<int64_t>> extra_copies;
 };
 
 struct UpcycleResult {

@@ -58,7 +58,8 @@ void bind_checkpoint(py::module_& m) {
       .def_readwrite("drop_fraction", &UpcycleOptions::drop_fraction)
       .def_readwrite("shared_fraction", &UpcycleOptions::shared_fraction)
       .def_readwrite("router_std", &UpcycleOptions::router_std)
-      .def_readwrite("seed", &UpcycleOptions::seed);
+      .def_readwrite("seed", &UpcycleOptions::seed)
+      .def_readwrite("extra_copies", &UpcycleOptions::extra_copies);
   auto result_dict = [](const checkpoint::UpcycleResult& r) {
     py::dict d;
     d["state"] = r.state;
