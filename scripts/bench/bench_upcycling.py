@@ -37,6 +37,9 @@ def main():
     p.add_argument("--target", default="configs/upcycle_moe.yaml")
     p.add_argument("--method", default="sparse", choices=["sparse", "drop", "fine_grained"])
     p.add_argument("--router-std", type=float, default=0.02)
+    p.add_argument("--no-scratch", action="store_true", help="skip the MoE trained from random weights")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of the extra-step runs (all three alike), e.g. train.lr=3e-4")
     args = p.parse_args()
     tag = Path(args.target).stem
     out = args.out
@@ -64,8 +67,9 @@ def main():
         ("continued dense", "upcycle_dense", "continued_dense", [f"checkpoint.resume={out / 'dense_init'}"]),
         (f"upcycled MoE ({args.method}, {tag})", tag, f"upcycled_{tag}", [f"checkpoint.resume={init}"]),
         (f"MoE from scratch ({tag})", tag, f"scratch_{tag}", []),
-    ]
-    results = [(label, *train(name, args.np, args.extra_steps, out, run=run, extra=[eval_every, *extra], reuse=True))
+    ][: 2 if args.no_scratch else 3]
+    results = [(label, *train(name, args.np, args.extra_steps, out, run=run,
+                              extra=[eval_every, *args.overrides, *extra], reuse=True))
                for label, name, run, extra in runs]
 
     import matplotlib
@@ -75,7 +79,7 @@ def main():
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     rows = []
-    for (label, m, facts), color in zip(results, ("C1", "C0", "C2")):
+    for (label, m, facts), color in zip(results, ("C1", "C0", "C2")):  # dense, upcycled, scratch
         val = [(s, v) for s, v in zip(m["step"], m["val_loss"]) if v is not None]
         first_train = next(v for v in m["loss"] if v is not None)
         ax.plot(*zip(*val), "o-", color=color, lw=1.6, ms=4, label=label)
@@ -88,12 +92,13 @@ def main():
     fig.tight_layout()
     fig.savefig(out / f"upcycling_{tag}.png", dpi=120)
 
-    print(f"\n| run | parameters | first train loss | first validation loss | final validation loss |")
+    print(f"\n| run | parameters | train loss at the first log | first validation loss | final validation loss |")
     print("|---|---:|---:|---:|---:|")
     for label, params, first, v0, v1 in rows:
         print(f"| {label} | {params / 1e6:.2f} M | {first:.4f} | {v0:.4f} | {v1:.4f} |")
+    vs_scratch = f"upcycled / scratch: {rows[1][4] / rows[2][4]:.4f}; " if len(rows) > 2 else ""
     print(f"\nfinal validation loss, upcycled / continued dense: {rows[1][4] / rows[0][4]:.4f}; "
-          f"upcycled / scratch: {rows[1][4] / rows[2][4]:.4f}; plot: {out / f'upcycling_{tag}.png'}")
+          f"{vs_scratch}plot: {out / f'upcycling_{tag}.png'}")
 
 
 if __name__ == "__main__":
