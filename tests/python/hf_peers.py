@@ -1,8 +1,8 @@
 """Shared by the Hugging Face parity tests: weight mappings from transformers' MoE blocks to
 switchyard's layout, and a mode that keeps the peers' float64 runs in float64.
 
-Imported by test_moe_parity_hf.py (one MoE block) and test_transformer_parity_hf.py (whole
-models). Block mappings take a peer block and return a MoELayer state dict; the *_grads
+Imported by test_moe_parity_hf.py (one MoE block), test_transformer_parity_hf.py (whole
+models) and test_hf_convert.py (checkpoint import/export). Block mappings take a peer block and return a MoELayer state dict; the *_grads
 functions map a MoELayer's gradients back to the peer's parameter names.
 """
 
@@ -78,3 +78,24 @@ def qwen2_moe_grads(grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out[f"shared_expert.{proj}.weight"] = grads[f"shared_experts.{proj}.weight"]
     out["shared_expert_gate.weight"] = grads["shared_expert_gate.weight"]
     return out
+
+
+def randomize_(model: torch.nn.Module, seed: int) -> None:
+    """Every parameter random: weights and biases N(0, 0.1^2), norms 1 + N(0, 0.1^2)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in sorted(model.named_parameters()):
+            noise = torch.randn(p.shape, generator=gen, dtype=torch.float64) * 0.1
+            p.copy_(noise + 1.0 if "norm" in name else noise)
+
+
+def float64_rope(peer: torch.nn.Module, head_dim: int, theta: float) -> None:
+    """The peer's rotary tables in float64 (its inv_freq buffer is float32)."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+
+    def forward(x, position_ids):
+        freqs = position_ids[..., None].to(torch.float64) * inv_freq
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+
+    peer.model.rotary_emb.forward = forward

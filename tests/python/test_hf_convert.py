@@ -22,7 +22,7 @@ import torch
 
 import switchyard
 from conftest import REPO_ROOT
-from hf_peers import KeepFloat64
+from hf_peers import KeepFloat64, float64_rope, randomize_
 from switchyard import checkpoint, hf
 
 transformers = pytest.importorskip("transformers")
@@ -47,24 +47,11 @@ DATA = ["data.tokenizer=byte", "data.seq_len=16"]
 
 
 def _randomize_(model: torch.nn.Module, seed: int) -> None:
-    """Every parameter random: weights and biases N(0, 0.1^2), norms 1 + N(0, 0.1^2)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in sorted(model.named_parameters()):
-            noise = torch.randn(p.shape, generator=gen, dtype=torch.float64) * 0.1
-            p.copy_(noise + 1.0 if "norm" in name else noise)
+    randomize_(model, seed)
 
 
 def _float64_rope(peer: torch.nn.Module, head_dim: int) -> None:
-    """The peer's rotary tables in float64 (its inv_freq buffer is float32)."""
-    inv_freq = 1.0 / THETA ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
-
-    def forward(x, position_ids):
-        freqs = position_ids[..., None].to(torch.float64) * inv_freq
-        emb = torch.cat((freqs, freqs), dim=-1)
-        return emb.cos().to(x.dtype), emb.sin().to(x.dtype)
-
-    peer.model.rotary_emb.forward = forward
+    float64_rope(peer, head_dim, THETA)
 
 
 def _ids(seed=1):

@@ -30,7 +30,8 @@ import pytest
 import torch
 
 import switchyard
-from hf_peers import KeepFloat64, mixtral_grads, mixtral_state_dict, qwen2_moe_grads, qwen2_moe_state_dict
+from hf_peers import (KeepFloat64, float64_rope, mixtral_grads, mixtral_state_dict, qwen2_moe_grads,
+                      qwen2_moe_state_dict, randomize_)
 
 transformers = pytest.importorskip("transformers")
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM  # noqa: E402
@@ -54,23 +55,11 @@ def _assert_close(actual, expected, dtype, what):
 
 
 def _randomize_(model: torch.nn.Module, seed: int) -> None:
-    """Every parameter random: projections N(0, 0.1^2), norms 1 + N(0, 0.1^2)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in sorted(model.named_parameters()):
-            noise = torch.randn(p.shape, generator=gen, dtype=torch.float64) * 0.1
-            p.copy_(noise + 1.0 if "norm" in name else noise)
+    randomize_(model, seed)
 
 
 def _float64_rope(peer: torch.nn.Module, head_dim: int) -> None:
-    inv_freq = 1.0 / THETA ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
-
-    def forward(x, position_ids):
-        freqs = position_ids[..., None].to(torch.float64) * inv_freq
-        emb = torch.cat((freqs, freqs), dim=-1)
-        return emb.cos().to(x.dtype), emb.sin().to(x.dtype)
-
-    peer.model.rotary_emb.forward = forward
+    float64_rope(peer, head_dim, THETA)
 
 
 def _tokens(seed: int):
