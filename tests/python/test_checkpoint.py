@@ -218,3 +218,13 @@ def test_shards_are_plain_safetensors_files(tmp_path):
     for name, value in model.state_dict().items():
         assert torch.equal(exported[name], value), name
     assert out.with_suffix(".yaml").read_text() == (ckpt / "config.yaml").read_text()
+
+
+def test_a_checkpoint_tensor_the_model_has_no_place_for_is_refused(tmp_path):
+    run = _save_one_process(tmp_path, 1, "moe.selection_bias=true")
+    out = subprocess.run([sys.executable, *_train_args(run, "train.steps=2", "parallel.expert_parallel=1",
+                                                         "checkpoint.resume=latest", "moe.selection_bias=false")],
+                         capture_output=True, text=True, timeout=300, env=_env(), cwd=REPO_ROOT)
+    assert out.returncode == 3, out.stderr[-3000:]
+    assert "has no place for its tensor 'buffer.model.layers.0.mlp.router.selection_bias'" in out.stderr
+    assert "moe.selection_bias (checkpoint: true, now: false)" in out.stderr

@@ -492,7 +492,15 @@ LoadResult load(const std::string& path, sharding::ShardedEngine& engine, const 
   // untouched.
   Readers readers(ix);
   std::vector<std::pair<at::Tensor, at::Tensor>> staged;  // (live, restored)
-  for (const StateTensor& s : engine.state_tensors()) {
+  const std::vector<StateTensor> state = engine.state_tensors();
+  // The other way round too: a tensor of the checkpoint this model has no place for would be
+  // silently lost (e.g. a selection bias the new config switched off).
+  std::set<std::string> wanted;
+  for (const StateTensor& s : state) wanted.insert(s.key);
+  for (const auto& [key, rec] : ix.tensors) {
+    if (!wanted.count(key)) refuse("this model has no place for its tensor '" + key + "'");
+  }
+  for (const StateTensor& s : state) {
     auto it = ix.tensors.find(s.key);
     if (it == ix.tensors.end()) refuse("it has no tensor '" + s.key + "'");
     const TensorRecord& rec = it->second;
