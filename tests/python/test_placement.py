@@ -182,3 +182,43 @@ def test_deterministic():
     y = placement.solve(small[0], 4, 2, small[1], traffic_weight=0.2)
     assert x["placement"] == y["placement"] and x["objective"] == y["objective"]
     assert placement.greedy(loads, 8, 5) == placement.greedy(loads, 8, 5)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_symmetry_breaking_keeps_the_optimum(seed):
+    rng = random.Random(500 + seed)
+    loads, _, coact = random_instance(rng, 7, 3, with_traffic=False, with_coact=True)
+    kw = dict(coactivation_weight=0.4)
+    a = placement.solve(loads, 3, 3, None, coact, symmetry_breaking=True, **kw)
+    b = placement.solve(loads, 3, 3, None, coact, symmetry_breaking=False, **kw)
+    best = brute_force(loads, 3, 3, coact=coact, **kw)
+    assert a["status"] == b["status"] == "optimal"
+    assert a["objective"] == pytest.approx(best, rel=TOL) and b["objective"] == pytest.approx(best, rel=TOL)
+
+
+def test_time_limit_returns_a_feasible_placement_with_its_gap():
+    # 64 experts, 8 ranks, no slot headroom, no symmetry breaking: GLPK cannot close the gap
+    # in 0.2 s, so the answer is the incumbent (at least greedy's) with a valid bound.
+    rng = random.Random(11)
+    loads = [1.0 / (k + 1) ** 0.8 * 1e4 for k in range(64)]
+    rng.shuffle(loads)
+    r = placement.solve(loads, 8, 8, time_limit=0.2, symmetry_breaking=False)
+    check_slots(r["placement"], 64, 8, 8)
+    assert r["seconds"] < 1.5
+    assert r["bound"] <= r["objective"] + 1e-6
+    assert r["objective"] <= placement.evaluate(placement.greedy(loads, 8, 8), loads, 8, 8)["objective"] + 1e-9
+    if r["status"] == "time_limit":
+        assert r["gap"] > 0.0
+        assert r["gap"] == pytest.approx((r["objective"] - r["bound"]) / r["objective"])
+    else:
+        assert r["status"] == "optimal" and r["gap"] <= 1e-6
+
+
+def test_accepts_tensors_and_numpy():
+    torch = pytest.importorskip("torch")
+    loads = torch.tensor([4.0, 3.0, 2.0, 1.0], dtype=torch.float64)
+    traffic = torch.ones(2, 4)
+    r = placement.solve(loads, 2, 2, traffic, traffic_weight=0.1)
+    r2 = placement.solve(loads.numpy(), 2, 2, traffic.numpy(), traffic_weight=0.1)
+    assert r["placement"] == r2["placement"] and r["status"] == "optimal"
+    assert r["max_load"] == pytest.approx(5.0)
