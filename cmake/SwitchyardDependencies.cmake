@@ -63,6 +63,19 @@ find_package(GTest REQUIRED)
 find_package(nlohmann_json 3.10 REQUIRED)  # Debian: nlohmann-json3-dev
 find_package(ZLIB REQUIRED)                # Debian: zlib1g-dev
 
+# --- GLPK: the MILP solver behind placement/ilp_solver.cpp (Debian: libglpk-dev) -----------
+# GLPK ships no CMake config; NO_CACHE so that a fresh configure always looks again.
+find_path(_sy_glpk_inc glpk.h NO_CACHE)
+find_library(_sy_glpk_lib glpk NO_CACHE)
+if(NOT _sy_glpk_inc OR NOT _sy_glpk_lib)
+  message(FATAL_ERROR "switchyard: GLPK not found (glpk.h: ${_sy_glpk_inc}, libglpk: ${_sy_glpk_lib}); "
+                      "install it with: apt-get install -y libglpk-dev")
+endif()
+add_library(sy::glpk UNKNOWN IMPORTED GLOBAL)
+set_target_properties(sy::glpk PROPERTIES
+    IMPORTED_LOCATION ${_sy_glpk_lib}
+    INTERFACE_INCLUDE_DIRECTORIES ${_sy_glpk_inc})
+
 # --- NCCL: the one torch loads ---------------------------------------------------------------
 # Note [One libnccl]: torch's CUDA wheel depends on the nvidia-nccl wheel, and libtorch_cuda
 # loads its site-packages/nvidia/nccl/lib/libnccl.so.2. We link that very file (soname

@@ -13,6 +13,7 @@ void bind_comm(pybind11::module_& m);
 void bind_dispatch(pybind11::module_& m);
 void bind_sharding(pybind11::module_& m);
 void bind_checkpoint(pybind11::module_& m);
+void bind_placement(pybind11::module_& m);
 void bind_hf(pybind11::module_& m);
 
 }  // namespace switchyard::python

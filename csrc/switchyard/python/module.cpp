@@ -11,5 +11,6 @@ PYBIND11_MODULE(_C, m) {
   switchyard::python::bind_dispatch(m);
   switchyard::python::bind_sharding(m);
   switchyard::python::bind_checkpoint(m);
+  switchyard::python::bind_placement(m);
   switchyard::python::bind_hf(m);
 }

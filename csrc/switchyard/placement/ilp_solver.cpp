@@ -1,0 +1,262 @@
+#include "switchyard/placement/ilp_solver.h"
+
+#include <c10/util/Exception.h>
+#include <glpk.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <memory>
+#include <numeric>
+
+namespace switchyard::placement {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+struct Pair {
+  int64_t e, f;
+  double count;
+};
+
+// The K heaviest co-activated pairs (e < f), heaviest first; ties by (e, f) for determinism.
+std::vector<Pair> top_pairs(const PlacementProblem& p) {
+  std::vector<Pair> pairs;
+  if (!p.has_coactivation()) return pairs;
+  const int64_t E = p.num_experts();
+  for (int64_t e = 0; e < E; ++e) {
+    for (int64_t f = e + 1; f < E; ++f) {
+      if (p.coactivation[e * E + f] > 0.0) pairs.push_back({e, f, p.coactivation[e * E + f]});
+    }
+  }
+  std::stable_sort(pairs.begin(), pairs.end(), [](const Pair& a, const Pair& b) { return a.count > b.count; });
+  if (static_cast<int64_t>(pairs.size()) > p.coactivation_top_k) pairs.resize(p.coactivation_top_k);
+  return pairs;
+}
+
+// Number of co-activated pairs with a positive count: when the top K holds them all, the
+// model is the whole cost function.
+int64_t modelled_pairs_max(const PlacementProblem& p) {
+  if (!p.has_coactivation()) return 0;
+  const int64_t E = p.num_experts();
+  int64_t n = 0;
+  for (int64_t e = 0; e < E; ++e) {
+    for (int64_t f = e + 1; f < E; ++f) n += p.coactivation[e * E + f] > 0.0 ? 1 : 0;
+  }
+  return n;
+}
+
+// What the branch-and-bound callback needs: the warm start and the best bound seen.
+struct CallbackState {
+  std::vector<double> warm;  // 1-based column values of the greedy placement
+  bool warm_given = false;
+  double bound = -INFINITY;
+};
+
+void on_tree_event(glp_tree* tree, void* info) {
+  auto* state = static_cast<CallbackState*>(info);
+  if (glp_ios_reason(tree) == GLP_IHEUR && !state->warm_given) {
+    state->warm_given = true;
+    glp_ios_heur_sol(tree, state->warm.data());  // rejected silently when not better
+  }
+  const int best = glp_ios_best_node(tree);
+  if (best != 0) state->bound = std::max(state->bound, glp_ios_node_bound(tree, best));
+}
+
+struct ProbDeleter {
+  void operator()(glp_prob* p) const { glp_delete_prob(p); }
+};
+
+}  // namespace
+
+SolveResult solve(const PlacementProblem& problem, const SolveOptions& options) {
+  const auto start = Clock::now();
+  problem.validate();
+  TORCH_CHECK_VALUE(options.time_limit_s > 0.0 && std::isfinite(options.time_limit_s),
+                    "placement.solve: expected time_limit > 0 seconds, got ", options.time_limit_s);
+  TORCH_CHECK_VALUE(options.mip_gap >= 0.0, "placement.solve: expected mip_gap >= 0, got ", options.mip_gap);
+  const int64_t E = problem.num_experts(), R = problem.num_ranks;
+  const std::vector<Pair> pairs = top_pairs(problem);
+  const int64_t P = static_cast<int64_t>(pairs.size());
+  const int64_t num_x = E * R, col_L = num_x + 1, num_cols = num_x + 1 + P;
+  auto col_x = [R](int64_t e, int64_t r) { return static_cast<int>(1 + e * R + r); };
+  auto col_z = [col_L](int64_t k) { return static_cast<int>(col_L + 1 + k); };
+
+  // Experts by descending load (stable): the order of symmetry breaking and of greedy.
+  std::vector<int64_t> order(E);
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return problem.load[a] > problem.load[b]; });
+  const bool symmetric = !problem.has_traffic() && options.symmetry_breaking;
+
+  // Warm start: greedy, relabelled so that it satisfies the symmetry breaking (ranks numbered
+  // by their first expert in `order`); the relabelling changes no cost when ranks are symmetric.
+  std::vector<int64_t> warm_map = greedy(problem).rank_of_expert();
+  if (symmetric) {
+    std::vector<int64_t> label(R, -1);
+    int64_t next = 0;
+    for (int64_t e : order) {
+      if (label[warm_map[e]] < 0) label[warm_map[e]] = next++;
+    }
+    for (int64_t& r : warm_map) r = label[r];
+  }
+  const dispatch::ExpertPlacement warm_placement(warm_map, R);
+  const PlacementCost warm_cost = evaluate(problem, warm_placement);
+
+  double total = 0.0, max_load = 0.0;
+  for (double l : problem.load) {
+    total += l;
+    max_load = std::max(max_load, l);
+  }
+  // A bound that needs no LP: the straggler is at least the mean and the heaviest expert;
+  // each expert pays at least its cheapest rank's traffic; at most every modelled pair is rewarded.
+  double trivial_bound = std::max(max_load, total / static_cast<double>(R));
+  std::vector<std::vector<double>> cost(E, std::vector<double>(R, 0.0));
+  for (int64_t e = 0; e < E; ++e) {
+    for (int64_t r = 0; r < R; ++r) cost[e][r] = problem.traffic_cost(e, r);
+    trivial_bound += *std::min_element(cost[e].begin(), cost[e].end());
+  }
+  for (const Pair& pr : pairs) trivial_bound -= problem.coactivation_weight * pr.count;
+
+  // --- the model ---
+  std::unique_ptr<glp_prob, ProbDeleter> lp(glp_create_prob());
+  glp_prob* m = lp.get();
+  glp_set_obj_dir(m, GLP_MIN);
+  glp_add_cols(m, static_cast<int>(num_cols));
+  for (int64_t e = 0; e < E; ++e) {
+    for (int64_t r = 0; r < R; ++r) {
+      const int c = col_x(e, r);
+      glp_set_col_kind(m, c, GLP_BV);
+      glp_set_obj_coef(m, c, cost[e][r]);
+    }
+  }
+  if (symmetric) {
+    for (int64_t k = 0; k < E; ++k) {
+      for (int64_t r = k + 1; r < R; ++r) glp_set_col_bnds(m, col_x(order[k], r), GLP_FX, 0.0, 0.0);
+    }
+  }
+  glp_set_col_bnds(m, col_L, GLP_LO, std::max(max_load, total / static_cast<double>(R)), 0.0);
+  glp_set_obj_coef(m, col_L, 1.0);
+  for (int64_t k = 0; k < P; ++k) {
+    glp_set_col_bnds(m, col_z(k), GLP_DB, 0.0, 1.0);
+    glp_set_obj_coef(m, col_z(k), -problem.coactivation_weight * pairs[k].count);
+  }
+
+  std::vector<int> ia{0}, ja{0};
+  std::vector<double> ar{0.0};
+  auto put = [&](int row, int col, double v) {
+    ia.push_back(row);
+    ja.push_back(col);
+    ar.push_back(v);
+  };
+  const int rows_assign = 1, rows_count = rows_assign + static_cast<int>(E);
+  const int rows_load = rows_count + static_cast<int>(R), rows_pair = rows_load + static_cast<int>(R);
+  glp_add_rows(m, static_cast<int>(E + 2 * R + P * R));
+  for (int64_t e = 0; e < E; ++e) {
+    glp_set_row_bnds(m, rows_assign + e, GLP_FX, 1.0, 1.0);
+    for (int64_t r = 0; r < R; ++r) put(rows_assign + e, col_x(e, r), 1.0);
+  }
+  for (int64_t r = 0; r < R; ++r) {
+    const int row = rows_count + static_cast<int>(r);
+    if (problem.slots_per_rank == 1) {
+      glp_set_row_bnds(m, row, GLP_FX, 1.0, 1.0);
+    } else {
+      glp_set_row_bnds(m, row, GLP_DB, 1.0, static_cast<double>(problem.slots_per_rank));
+    }
+    for (int64_t e = 0; e < E; ++e) put(row, col_x(e, r), 1.0);
+    const int lrow = rows_load + static_cast<int>(r);  // sum load x - L <= 0
+    glp_set_row_bnds(m, lrow, GLP_UP, 0.0, 0.0);
+    for (int64_t e = 0; e < E; ++e) {
+      if (problem.load[e] != 0.0) put(lrow, col_x(e, r), problem.load[e]);
+    }
+    put(lrow, col_L, -1.0);
+  }
+  for (int64_t k = 0; k < P; ++k) {
+    for (int64_t r = 0; r < R; ++r) {  // z + x[e,r] - x[f,r] <= 1
+      const int row = rows_pair + static_cast<int>(k * R + r);
+      glp_set_row_bnds(m, row, GLP_UP, 0.0, 1.0);
+      put(row, col_z(k), 1.0);
+      put(row, col_x(pairs[k].e, r), 1.0);
+      put(row, col_x(pairs[k].f, r), -1.0);
+    }
+  }
+  glp_load_matrix(m, static_cast<int>(ia.size() - 1), ia.data(), ja.data(), ar.data());
+
+  CallbackState state;
+  state.warm.assign(num_cols + 1, 0.0);
+  for (int64_t e = 0; e < E; ++e) state.warm[col_x(e, warm_map[e])] = 1.0;
+  state.warm[col_L] = warm_cost.max_load;
+  for (int64_t k = 0; k < P; ++k) {
+    state.warm[col_z(k)] = warm_map[pairs[k].e] == warm_map[pairs[k].f] ? 1.0 : 0.0;
+  }
+
+  auto ms_left = [&] {
+    const double used = std::chrono::duration<double>(Clock::now() - start).count();
+    return static_cast<int>(std::max(1.0, std::floor((options.time_limit_s - used) * 1000.0)));
+  };
+  // --- the LP relaxation, then branch and bound ---
+  std::string status = "time_limit";
+  double bound = trivial_bound;
+  std::vector<int64_t> ilp_map;
+  glp_smcp lp_options;
+  glp_init_smcp(&lp_options);
+  lp_options.msg_lev = GLP_MSG_OFF;
+  lp_options.tm_lim = ms_left();
+  const int lp_ret = glp_simplex(m, &lp_options);
+  if (lp_ret == 0 && glp_get_status(m) == GLP_OPT) {
+    bound = std::max(bound, glp_get_obj_val(m));
+    glp_iocp mip_options;
+    glp_init_iocp(&mip_options);
+    mip_options.msg_lev = GLP_MSG_OFF;
+    mip_options.tm_lim = ms_left();
+    mip_options.mip_gap = options.mip_gap;
+    mip_options.br_tech = GLP_BR_DTH;
+    mip_options.bt_tech = GLP_BT_BLB;
+    mip_options.presolve = GLP_OFF;  // the callback's warm start is in the original columns
+    mip_options.cb_func = on_tree_event;
+    mip_options.cb_info = &state;
+    const int mip_ret = glp_intopt(m, &mip_options);
+    const int mip_status = glp_mip_status(m);
+    if (mip_status == GLP_OPT || mip_status == GLP_FEAS) {
+      ilp_map.resize(E);
+      for (int64_t e = 0; e < E; ++e) {
+        int64_t best = 0;
+        for (int64_t r = 1; r < R; ++r) {
+          if (glp_mip_col_val(m, col_x(e, r)) > glp_mip_col_val(m, col_x(e, best))) best = r;
+        }
+        ilp_map[e] = best;
+      }
+    }
+    // GLP_EMIPGAP: stopped at the relative gap tolerance, i.e. optimal within options.mip_gap.
+    if ((mip_ret == 0 && mip_status == GLP_OPT) || (mip_ret == GLP_EMIPGAP && mip_status == GLP_FEAS)) {
+      status = "optimal";
+      if (std::isfinite(state.bound)) bound = std::max(bound, state.bound);
+      if (mip_ret == 0) bound = std::max(bound, glp_mip_obj_val(m));
+    } else {
+      if (std::isfinite(state.bound)) bound = std::max(bound, state.bound);
+      status = mip_ret == GLP_ETMLIM ? "time_limit" : "feasible";
+    }
+  }
+
+  // The ILP's answer unless greedy's is strictly better by the full cost model (possible only
+  // when pairs beyond the top K matter, or when no integer solution was reached).
+  dispatch::ExpertPlacement placement = warm_placement;
+  PlacementCost best_cost = warm_cost;
+  bool improved = false;
+  if (!ilp_map.empty()) {
+    dispatch::ExpertPlacement candidate(ilp_map, R);
+    const PlacementCost c = evaluate(problem, candidate);
+    if (c.objective <= warm_cost.objective) {
+      improved = c.objective < warm_cost.objective - 1e-9 * std::max(1.0, std::abs(warm_cost.objective));
+      placement = std::move(candidate);
+      best_cost = c;
+    }
+  }
+  if (status == "optimal" && P == modelled_pairs_max(problem)) {
+    bound = std::min(bound, best_cost.objective);  // every term modelled: the optimum is exact
+  }
+  const double gap = std::max(0.0, best_cost.objective - bound) / std::max(std::abs(best_cost.objective), 1e-12);
+  const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  return SolveResult{std::move(placement), best_cost, best_cost.objective, bound, gap, seconds, status, improved};
+}
+
+}  // namespace switchyard::placement
