@@ -119,15 +119,12 @@ def load_model(path: os.PathLike, dtype: Optional[torch.dtype] = None):
 
     cfg = read_config(path)
     model = MoETransformer.from_config(cfg)
-    state = read_full_state(path)
-    own = dict(model.state_dict())
-    # A tied head is stored once, as the embedding; load_state_dict ties it back.
-    tied = {"lm_head.weight"} if cfg.model.tie_embeddings else set()
-    missing = [k for k in own if k not in state and k not in tied]
-    if missing:
-        raise ValueError(f"checkpoint {resolve(path)} lacks {len(missing)} tensor(s) of its own model, e.g. "
-                         f"{missing[0]!r}")
-    model.load_state_dict({k: state[k] for k in own if k in state})
+    # Strict: a tensor missing from the checkpoint or one the model lacks is an error. A tied
+    # head is stored once, as the embedding; the model's load_state_dict ties it back.
+    try:
+        model.load_state_dict(read_full_state(path))
+    except RuntimeError as e:
+        raise ValueError(f"checkpoint {resolve(path)} does not match its own model: {e}") from None
     if dtype is not None:
         model.to(dtype)
     return model

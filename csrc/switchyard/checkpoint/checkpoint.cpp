@@ -101,6 +101,56 @@ std::string shape_str(const std::vector<int64_t>& s) {
   return o.str();
 }
 
+TensorRecord parse_record(const json& t) {
+  TensorRecord rec;
+  rec.kind = t.at("kind").get<std::string>();
+  rec.dtype = scalar_type_of(t.at("dtype").get<std::string>());
+  rec.shape = t.at("shape").get<std::vector<int64_t>>();
+  if (t.contains("unit")) rec.unit = t.at("unit").get<std::string>();
+  for (const json& p : t.at("pieces")) {
+    Piece piece;
+    piece.file = p.at("file").get<std::string>();
+    if (p.contains("start")) piece.start = p.at("start").get<int64_t>();
+    if (p.contains("length")) piece.length = p.at("length").get<int64_t>();
+    if (p.contains("experts")) piece.experts = p.at("experts").get<std::vector<int64_t>>();
+    rec.pieces.push_back(std::move(piece));
+  }
+  return rec;
+}
+
+// The pieces of one tensor cover it exactly once: flat shards without gap or overlap, every
+// expert's row once, a whole tensor once. Checked by save() before it commits and by verify().
+void check_coverage(const std::string& key, const TensorRecord& rec, const std::string& dir) {
+  if (rec.kind == "flat") {
+    std::vector<std::pair<int64_t, int64_t>> ranges;
+    for (const Piece& p : rec.pieces) ranges.emplace_back(p.start, p.length);
+    std::sort(ranges.begin(), ranges.end());
+    int64_t at = 0;
+    for (const auto& [start, length] : ranges) {
+      SWITCHYARD_CHECK(start == at, "checkpoint ", dir, ": the shards of '", key, "' leave a gap or overlap at element ",
+                       at, " (next piece starts at ", start, ")");
+      at += length;
+    }
+    SWITCHYARD_CHECK(at == rec.shape.at(0), "checkpoint ", dir, ": the shards of '", key, "' cover ", at, " of ",
+                     rec.shape.at(0), " elements");
+  } else if (rec.kind == "experts") {
+    const int64_t E = rec.shape.at(0);
+    std::vector<int> seen(static_cast<size_t>(E), 0);
+    for (const Piece& p : rec.pieces) {
+      for (int64_t id : p.experts) {
+        SWITCHYARD_CHECK(id >= 0 && id < E && seen[id]++ == 0, "checkpoint ", dir, ": expert ", id, " of '", key,
+                         "' is written twice or is out of range");
+      }
+    }
+    for (size_t e = 0; e < seen.size(); ++e) {
+      SWITCHYARD_CHECK(seen[e] == 1, "checkpoint ", dir, ": no rank wrote expert ", e, " of '", key, "'");
+    }
+  } else {
+    SWITCHYARD_CHECK(rec.pieces.size() == 1, "checkpoint ", dir, ": '", key, "' was written ", rec.pieces.size(),
+                     " times");
+  }
+}
+
 Index read_index(const std::string& dir) {
   const std::string path = (fs::path(dir) / kIndexFile).string();
   SWITCHYARD_CHECK(fs::is_directory(dir), "checkpoint ", dir, " does not exist or is not a directory");
@@ -132,22 +182,7 @@ Index read_index(const std::string& dir) {
       ix.unit_order.push_back(name);
       ix.units[name] = std::move(rec);
     }
-    for (const auto& [key, t] : j.at("tensors").items()) {
-      TensorRecord rec;
-      rec.kind = t.at("kind").get<std::string>();
-      rec.dtype = scalar_type_of(t.at("dtype").get<std::string>());
-      rec.shape = t.at("shape").get<std::vector<int64_t>>();
-      if (t.contains("unit")) rec.unit = t.at("unit").get<std::string>();
-      for (const json& p : t.at("pieces")) {
-        Piece piece;
-        piece.file = p.at("file").get<std::string>();
-        if (p.contains("start")) piece.start = p.at("start").get<int64_t>();
-        if (p.contains("length")) piece.length = p.at("length").get<int64_t>();
-        if (p.contains("experts")) piece.experts = p.at("experts").get<std::vector<int64_t>>();
-        rec.pieces.push_back(std::move(piece));
-      }
-      ix.tensors[key] = std::move(rec);
-    }
+    for (const auto& [key, t] : j.at("tensors").items()) ix.tensors[key] = parse_record(t);
     if (j.contains("metadata")) ix.metadata = j.at("metadata").get<std::map<std::string, std::string>>();
   } catch (const nlohmann::json::exception& e) {
     SWITCHYARD_CHECK(false, path, ": malformed checkpoint index (", e.what(), ")");
@@ -268,37 +303,7 @@ json merge_pieces(const std::vector<std::string>& per_rank, const std::string& d
       t["pieces"].push_back(std::move(piece));
     }
   }
-  for (auto& [key, t] : tensors.items()) {
-    const std::string kind = t.at("kind").get<std::string>();
-    const auto shape = t.at("shape").get<std::vector<int64_t>>();
-    if (kind == "flat") {
-      std::vector<std::pair<int64_t, int64_t>> ranges;
-      for (const json& p : t.at("pieces")) ranges.emplace_back(p.at("start").get<int64_t>(), p.at("length").get<int64_t>());
-      std::sort(ranges.begin(), ranges.end());
-      int64_t at = 0;
-      for (const auto& [start, length] : ranges) {
-        SWITCHYARD_CHECK(start == at, "checkpoint ", dir, ": the shards of '", key, "' leave a gap or overlap at element ",
-                         at, " (next piece starts at ", start, ")");
-        at += length;
-      }
-      SWITCHYARD_CHECK(at == shape.at(0), "checkpoint ", dir, ": the shards of '", key, "' cover ", at, " of ",
-                       shape.at(0), " elements");
-    } else if (kind == "experts") {
-      std::vector<int> seen(static_cast<size_t>(shape.at(0)), 0);
-      for (const json& p : t.at("pieces")) {
-        for (int64_t id : p.at("experts").get<std::vector<int64_t>>()) {
-          SWITCHYARD_CHECK(id >= 0 && id < shape.at(0) && seen[id]++ == 0, "checkpoint ", dir, ": expert ", id,
-                           " of '", key, "' is written twice or is out of range");
-        }
-      }
-      for (size_t e = 0; e < seen.size(); ++e) {
-        SWITCHYARD_CHECK(seen[e] == 1, "checkpoint ", dir, ": no rank wrote expert ", e, " of '", key, "'");
-      }
-    } else {
-      SWITCHYARD_CHECK(t.at("pieces").size() == 1, "checkpoint ", dir, ": '", key, "' was written ",
-                       t.at("pieces").size(), " times");
-    }
-  }
+  for (const auto& [key, t] : tensors.items()) check_coverage(key, parse_record(t), dir);
   return tensors;
 }
 
@@ -560,14 +565,31 @@ LoadResult load(const std::string& path, sharding::ShardedEngine& engine, const 
 
 std::string verify(const std::string& path) {
   const Index ix = read_index(path);
+  Readers readers(ix);  // checks each shard's size and CRC once, when it is first opened
   int64_t bytes = 0;
   for (const auto& [name, digest] : ix.files) {
-    check_digest(ix.file_path(name), digest);
+    if (name == kConfigFile) check_digest(ix.file_path(name), digest);
+    else readers.get(name);
     bytes += digest.bytes;
   }
-  Readers readers(ix);
+  // Every piece exists in its file with its dtype and size, and the pieces cover each tensor
+  // exactly once: the headers say so, without reading the data a second time.
   int64_t elements = 0;
-  for (const auto& [key, rec] : ix.tensors) elements += read_record(readers, key, rec, path).numel();
+  for (const auto& [key, rec] : ix.tensors) {
+    check_coverage(key, rec, path);
+    int64_t n = 1;
+    for (int64_t d : rec.shape) n *= d;
+    const int64_t row = row_numel(rec.shape);
+    for (const Piece& p : rec.pieces) {
+      const SafetensorsEntry& e = readers.get(p.file).entry(key);
+      const int64_t want = rec.kind == "flat"      ? p.length
+                           : rec.kind == "experts" ? static_cast<int64_t>(p.experts.size()) * row
+                                                   : n;
+      SWITCHYARD_CHECK(e.dtype == rec.dtype && e.numel == want, "checkpoint ", path, ": '", key, "' in ", p.file,
+                       " holds ", e.numel, " elements of ", e.dtype, "; the index says ", want, " of ", rec.dtype);
+    }
+    elements += n;
+  }
   std::ostringstream out;
   out << "checkpoint " << path << ": step " << ix.step << ", written by " << ix.world_size << " rank(s), "
       << ix.files.size() << " files, " << bytes << " bytes, " << ix.tensors.size() << " tensors (" << elements

@@ -203,6 +203,14 @@ UpcycleResult upcycle_dense(const StateDict& source, const nn::MoETransformerOpt
       continue;
     }
     std::vector<at::Tensor> gates, ups, downs;
+    // Drop-Upcycling draws re-initialised neurons from the dense weights' statistics: once
+    // per layer, not per expert.
+    double g_mean = 0, g_std = 0, u_mean = 0, u_std = 0, d_mean = 0, d_std = 0;
+    if (o.method == "drop" && o.drop_fraction > 0) {
+      g_mean = wg.mean().item<double>(), g_std = wg.std().item<double>();
+      u_mean = wu.mean().item<double>(), u_std = wu.std().item<double>();
+      d_mean = wd.mean().item<double>() * routed_scale, d_std = wd.std().item<double>() * routed_scale;
+    }
     for (int64_t e = 0; e < E; ++e) {
       const int64_t s = e % segments;
       at::Tensor g = wg.narrow(0, s * f, f).t(), u = wu.narrow(0, s * f, f).t();  // [d, f]
@@ -218,10 +226,9 @@ UpcycleResult upcycle_dense(const StateDict& source, const nn::MoETransformerOpt
         g = g.clone();
         u = u.clone();
         dn = dn.clone();
-        g.index_copy_(1, idx, normal_like(g, {d, k}, wg.mean().item<double>(), wg.std().item<double>(), gen));
-        u.index_copy_(1, idx, normal_like(u, {d, k}, wu.mean().item<double>(), wu.std().item<double>(), gen));
-        dn.index_copy_(0, idx, normal_like(dn, {k, d}, (wd.mean() * routed_scale).item<double>(),
-                                           (wd.std() * routed_scale).item<double>(), gen));
+        g.index_copy_(1, idx, normal_like(g, {d, k}, g_mean, g_std, gen));
+        u.index_copy_(1, idx, normal_like(u, {d, k}, u_mean, u_std, gen));
+        dn.index_copy_(0, idx, normal_like(dn, {k, d}, d_mean, d_std, gen));
       }
       gates.push_back(g);
       ups.push_back(u);

@@ -21,6 +21,7 @@
 #include "switchyard/comm/process_groups.h"
 #include "switchyard/common/error.h"
 #include "switchyard/python/bindings.h"
+#include "switchyard/python/translate_errors.h"
 
 namespace py = pybind11;
 
@@ -32,32 +33,12 @@ using comm::ProcessGroups;
 using comm::Work;
 using comm::WorkHandle;
 
-// Argument errors become ValueError / TypeError with the C++ message (no C++ backtrace);
-// other errors RuntimeError. A failed collective never gets here: it aborts the job.
+// Runs `f` without the GIL (translate_errors.h) and returns its result as a Python object,
+// so one binding can return a Work handle or a tensor. A failed collective never gets here:
+// it aborts the job.
 template <typename F>
-auto translating_errors(F&& f) -> decltype(f()) {
-  try {
-    return f();
-  } catch (const c10::ValueError& e) {
-    throw py::value_error(e.what_without_backtrace());
-  } catch (const c10::TypeError& e) {
-    throw py::type_error(e.what_without_backtrace());
-  } catch (const c10::Error& e) {
-    PyErr_SetString(PyExc_RuntimeError, e.what_without_backtrace());
-    throw py::error_already_set();
-  } catch (const Error& e) {
-    throw py::value_error(e.what());
-  }
-}
-
-// Runs `f` without the GIL (translating its errors) and returns its result to Python.
-template <typename F>
-py::object released(F&& f) {
-  auto result = translating_errors([&] {
-    py::gil_scoped_release no_gil;
-    return f();
-  });
-  return py::cast(std::move(result));
+py::object released_object(F&& f) {
+  return py::cast(python::released(std::forward<F>(f)));
 }
 
 at::Tensor or_undefined(const std::optional<at::Tensor>& t) { return t.value_or(at::Tensor()); }
@@ -71,11 +52,11 @@ void bind_comm(py::module_& m) {
                                "Handle of a non-blocking collective. CPU/MPI: wait() blocks until the result "
                                "is in place. CUDA/NCCL: wait() makes the current stream wait; the host does "
                                "not block.")
-      .def("wait", [](Work& w) { translating_errors([&] {
+      .def("wait", [](Work& w) { translating([&] {
              py::gil_scoped_release no_gil;
              w.wait();
            }); }, "Wait for completion (see the class doc). Idempotent.")
-      .def("is_completed", [](Work& w) { return translating_errors([&] { return w.is_completed(); }); },
+      .def("is_completed", [](Work& w) { return translating([&] { return w.is_completed(); }); },
            "True once the collective has finished; never blocks.")
       .def_property_readonly("result", [](const Work& w) -> py::object {
              if (!w.result().defined()) return py::none();
@@ -83,10 +64,10 @@ void bind_comm(py::module_& m) {
            }, "The output tensor (the tensor itself for all_reduce / broadcast). Read it after wait().");
 
   py::class_<Communicator>(c, "Communicator", "A group of ranks and the collectives on tensors.")
-      .def_static("world", [] { return released([] { return Communicator::world(); }); },
+      .def_static("world", [] { return released_object([] { return Communicator::world(); }); },
                   "A new communicator over every rank (MPI_Comm_dup of MPI_COMM_WORLD). Collective.")
       .def("split", [](const Communicator& self, int color, int key, const std::string& name) {
-             return released([&] { return self.split(color, key, name); });
+             return released_object([&] { return self.split(color, key, name); });
            }, py::arg("color"), py::arg("key"), py::arg("name"),
            "Ranks passing the same color form a new group, ordered by key (MPI_Comm_split). Collective.")
       .def_property_readonly("rank", &Communicator::rank)
@@ -96,51 +77,51 @@ void bind_comm(py::module_& m) {
       .def_property("backend",
                     [](const Communicator& self) { return std::string(comm::backend_choice_name(self.backend_choice())); },
                     [](Communicator& self, const std::string& name) {
-                      translating_errors([&] { self.set_backend_choice(comm::parse_backend_choice(name)); });
+                      translating([&] { self.set_backend_choice(comm::parse_backend_choice(name)); });
                     })
       .def("describe", &Communicator::describe)
       .def("__repr__", [](const Communicator& self) { return "<Communicator " + self.describe() + ">"; })
       .def("all_to_all_v",
            [](Communicator& self, const at::Tensor& send, std::vector<int64_t> send_splits,
               std::vector<int64_t> recv_splits, std::optional<at::Tensor> out, bool async_op) -> py::object {
-             if (async_op) return released([&] { return self.all_to_all_v_async(send, send_splits, recv_splits, or_undefined(out)); });
-             return released([&] { return self.all_to_all_v(send, send_splits, recv_splits, or_undefined(out)); });
+             if (async_op) return released_object([&] { return self.all_to_all_v_async(send, send_splits, recv_splits, or_undefined(out)); });
+             return released_object([&] { return self.all_to_all_v(send, send_splits, recv_splits, or_undefined(out)); });
            },
            py::arg("send"), py::arg("send_splits"), py::arg("recv_splits"), py::arg("out") = py::none(),
            py::arg("async_op") = false)
       .def("all_gather",
            [](Communicator& self, const at::Tensor& input, std::optional<at::Tensor> out, bool async_op) -> py::object {
-             if (async_op) return released([&] { return self.all_gather_async(input, or_undefined(out)); });
-             return released([&] { return self.all_gather(input, or_undefined(out)); });
+             if (async_op) return released_object([&] { return self.all_gather_async(input, or_undefined(out)); });
+             return released_object([&] { return self.all_gather(input, or_undefined(out)); });
            },
            py::arg("input"), py::arg("out") = py::none(), py::arg("async_op") = false)
       .def("reduce_scatter",
            [](Communicator& self, const at::Tensor& input, const std::string& op, std::optional<at::Tensor> out,
               bool async_op) -> py::object {
-             const auto rop = translating_errors([&] { return comm::parse_reduce_op(op); });
-             if (async_op) return released([&] { return self.reduce_scatter_async(input, rop, or_undefined(out)); });
-             return released([&] { return self.reduce_scatter(input, rop, or_undefined(out)); });
+             const auto rop = translating([&] { return comm::parse_reduce_op(op); });
+             if (async_op) return released_object([&] { return self.reduce_scatter_async(input, rop, or_undefined(out)); });
+             return released_object([&] { return self.reduce_scatter(input, rop, or_undefined(out)); });
            },
            py::arg("input"), py::arg("op") = "sum", py::arg("out") = py::none(), py::arg("async_op") = false)
       .def("all_reduce",
            [](Communicator& self, const at::Tensor& tensor, const std::string& op, bool async_op) -> py::object {
-             const auto rop = translating_errors([&] { return comm::parse_reduce_op(op); });
-             if (async_op) return released([&] { return self.all_reduce_async(tensor, rop); });
-             released([&] { self.all_reduce(tensor, rop); return 0; });
+             const auto rop = translating([&] { return comm::parse_reduce_op(op); });
+             if (async_op) return released_object([&] { return self.all_reduce_async(tensor, rop); });
+             released_object([&] { self.all_reduce(tensor, rop); return 0; });
              return py::none();
            },
            py::arg("tensor"), py::arg("op") = "sum", py::arg("async_op") = false)
       .def("broadcast",
            [](Communicator& self, const at::Tensor& tensor, int root, bool async_op) -> py::object {
-             if (async_op) return released([&] { return self.broadcast_async(tensor, root); });
-             released([&] { self.broadcast(tensor, root); return 0; });
+             if (async_op) return released_object([&] { return self.broadcast_async(tensor, root); });
+             released_object([&] { self.broadcast(tensor, root); return 0; });
              return py::none();
            },
            py::arg("tensor"), py::arg("root") = 0, py::arg("async_op") = false)
       .def("barrier",
            [](Communicator& self, bool async_op) -> py::object {
-             if (async_op) return released([&] { return self.barrier_async(); });
-             released([&] { self.barrier(); return 0; });
+             if (async_op) return released_object([&] { return self.barrier_async(); });
+             released_object([&] { self.barrier(); return 0; });
              return py::none();
            },
            py::arg("async_op") = false);
@@ -148,7 +129,7 @@ void bind_comm(py::module_& m) {
   py::class_<ProcessGroups>(c, "ProcessGroups",
                             "The job's groups from the parallel: config (docs/communication.md, group layout).")
       .def_static("create", [](const config::Config& config, const Communicator& world) {
-             return released([&] { return ProcessGroups::create(config, world); });
+             return released_object([&] { return ProcessGroups::create(config, world); });
            }, py::arg("config"), py::arg("world"))
       .def_readonly("world", &ProcessGroups::world)
       .def_readonly("expert_parallel", &ProcessGroups::expert_parallel)

@@ -11,6 +11,7 @@
 #include "switchyard/checkpoint/file_io.h"
 #include "switchyard/checkpoint/safetensors.h"
 #include "switchyard/common/error.h"
+#include "../common/error_of.h"
 
 namespace ck = switchyard::checkpoint;
 namespace fs = std::filesystem;
@@ -30,15 +31,7 @@ void write_raw(const fs::path& p, const std::string& header, const std::string& 
   f << header << data;
 }
 
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "";
-}
+using switchyard::testing::error_of;
 
 }  // namespace
 

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "switchyard/nn/moe_layer.h"
+#include "../common/error_of.h"
 
 namespace sy = switchyard::nn;
 
@@ -25,15 +26,7 @@ sy::MoELayerOptions small_options() {
   return o;
 }
 
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const c10::Error& e) {
-    return e.what_without_backtrace();
-  }
-  return "(no error)";
-}
+using switchyard::testing::error_of;
 
 }  // namespace
 
