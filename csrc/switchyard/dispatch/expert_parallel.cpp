@@ -14,6 +14,17 @@ ExpertParallel::ExpertParallel(comm::Communicator group, ExpertPlacement placeme
                           {{"expert placement", dispatcher_.placement().to_string()}});
 }
 
+void ExpertParallel::set_placement(ExpertPlacement placement) {
+  const ExpertPlacement& now = dispatcher_.placement();
+  TORCH_CHECK_VALUE(placement.num_experts() == now.num_experts() && placement.num_ranks() == now.num_ranks(),
+                    "ExpertParallel.set_placement: the new placement has ", placement.num_experts(),
+                    " experts on ", placement.num_ranks(), " ranks but the layer has ", now.num_experts(),
+                    " on ", now.num_ranks());
+  comm::check_same_fields(dispatcher_.group(), "the new expert placement",
+                          {{"expert placement", placement.to_string()}});
+  dispatcher_ = TokenDispatcher(dispatcher_.group(), std::move(placement));
+}
+
 std::vector<int64_t> ExpertParallel::local_experts() const {
   return dispatcher_.placement().local_experts(dispatcher_.group().rank());
 }

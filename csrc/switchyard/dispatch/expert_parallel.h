@@ -27,6 +27,11 @@ class ExpertParallel : public nn::ExpertParallelism {
   at::Tensor run_routed(const at::Tensor& x_Td, const ops::Routing& routing,
                         nn::GroupedExpertsImpl& local_experts) override;
 
+  // Live re-placement (csrc/switchyard/placement/live_placement.h): route through `placement`
+  // from the next forward on. Collective over the group: the ranks must pass the same map
+  // (checked, like the constructor). The caller moves the experts' weights to match.
+  void set_placement(ExpertPlacement placement);
+
   const TokenDispatcher& dispatcher() const { return dispatcher_; }
   const std::optional<DispatchStats>& last_stats() const { return last_stats_; }
 
