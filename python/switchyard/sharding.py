@@ -113,6 +113,20 @@ class ShardedEngine:
         """This rank's expert parameters by name (rows: its local experts)."""
         return self._engine.local_expert_parameters()
 
+    def expert_layers(self) -> list:
+        """The expert-parallel MoE layers in model order: ``[{"name", "num_experts",
+        "placement"}]`` (``placement[e]``: the rank of the expert-parallel group holding
+        expert e); empty without expert parallelism."""
+        return self._engine.expert_layers()
+
+    def set_expert_placements(self, placements: Sequence[Sequence[int]]) -> dict:
+        """Live re-placement: moves every expert whose rank changes, with its master weights
+        and AdamW moments, so that layer i follows ``placements[i]``, and switches the
+        dispatchers (docs/placement.md). Between steps; collective; every rank passes the same
+        maps. Returns what this rank moved: layers_changed, experts_sent / experts_received,
+        bytes_sent / bytes_received, seconds."""
+        return self._engine.set_expert_placements([list(map(int, p)) for p in placements])
+
     def memory_report(self) -> dict:
         """Dense-parameter bytes on this rank: ``persistent_dense_bytes`` (shards),
         ``unsharded_dense_bytes`` (the same state unsharded), ``largest_unit_bytes``,

@@ -132,6 +132,24 @@ struct CheckpointConfig {
   int64_t stop_at_step = 0;  // 0 = run to train.steps
 };
 
+struct PlacementConfig {
+  int64_t interval = 0;              // re-place every this many steps; 0 = never on a schedule
+  double imbalance_threshold = 0;    // re-place when max/mean rank load exceeds it; 0 = off
+  int64_t check_every = 10;          // steps between imbalance checks
+  std::string solver = "ilp";        // ilp | greedy
+  double time_limit = 1.0;           // seconds per layer's solve
+  double mip_gap = 1e-4;
+  int64_t slots_per_rank = 0;        // 0 = ceil(E / expert_parallel): no rank holds more than now
+  double traffic_weight = 0;
+  double coactivation_weight = 0;
+  int64_t ranks_per_node = 0;        // 0 = one node
+  double node_factor = 2.0;
+  double min_gain = 0.02;            // adopt a layer's new placement only if it is this much better
+  double ema_decay = 0.9;            // of the per-step tokens per expert
+  std::string trace_path;            // "" = no routing trace file
+  std::string from_trace;            // "" = start from the contiguous placement
+};
+
 struct LaunchConfig {
   std::vector<std::string> hosts;  // "host" or "host:slots"
   std::string hostfile;
@@ -156,6 +174,7 @@ struct Config {
   TrainConfig train;
   DataConfig data;
   CheckpointConfig checkpoint;
+  PlacementConfig placement;
   LaunchConfig launch;
 
   // Provenance of every key that was set ("moe.top_k" -> origin). Not part of the value:

@@ -195,6 +195,26 @@ std::vector<SectionInfo> build_registry() {
     b.add(SY_KEY(C, stop_at_step), "Save a checkpoint and stop after this step, as a time-limited allocation ends a run; train.steps still sets the schedule, and resuming continues to it. 0 = run to train.steps.").at_least(0);
   }
   {
+    SectionBuilder<PlacementConfig> b(r, &Config::placement, "placement",
+        "Live expert re-placement from measured routing (docs/placement.md); needs parallel.expert_parallel > 1.");
+    using P = PlacementConfig;
+    b.add(SY_KEY(P, interval), "Solve for a new placement of every MoE layer's experts every this many steps. 0 = never on a schedule.").at_least(0);
+    b.add(SY_KEY(P, imbalance_threshold), "Also re-place when some layer's straggler ratio (max over ranks of the tokens per step / the mean) exceeds this. 0 = off; otherwise > 1.").at_least(0);
+    b.add(SY_KEY(P, check_every), "Steps between imbalance checks (each check all-reduces the routing statistics).").at_least(1);
+    b.add(SY_KEY(P, solver), "ilp: the GLPK MILP warm-started from greedy; greedy: longest-processing-time first.").one_of({"ilp", "greedy"});
+    b.add(SY_KEY(P, time_limit), "Seconds each layer's ILP may take; the best placement found by then is used, with its gap logged.").greater_than(0);
+    b.add(SY_KEY(P, mip_gap), "Relative gap at which the ILP stops.").at_least(0);
+    b.add(SY_KEY(P, slots_per_rank), "Experts a rank may hold (memory). 0 = ceil(num_experts / expert_parallel), so no rank holds more than under the contiguous placement.").at_least(0);
+    b.add(SY_KEY(P, traffic_weight), "Cost, in straggler tokens, of one token sent to another rank of the node.").at_least(0);
+    b.add(SY_KEY(P, coactivation_weight), "Reward, in straggler tokens, per token whose two experts share a rank.").at_least(0);
+    b.add(SY_KEY(P, ranks_per_node), "Consecutive expert-parallel ranks per node (crossing nodes costs node_factor hops). 0 = one node.").at_least(0);
+    b.add(SY_KEY(P, node_factor), "Cost of a token crossing nodes relative to one crossing ranks of a node.").at_least(1);
+    b.add(SY_KEY(P, min_gain), "Adopt a layer's new placement only when it lowers the objective by at least this fraction (moving experts costs bytes).").at_least(0).less_than(1);
+    b.add(SY_KEY(P, ema_decay), "Decay of the moving average of tokens per expert per step.").at_least(0).less_than(1);
+    b.add(SY_KEY(P, trace_path), "Write the routing trace (docs/routing_trace.md) here at the end of the run; relative to train.run_dir. \"\" = none.");
+    b.add(SY_KEY(P, from_trace), "Before the first step, place the experts by solving from this routing trace (recorded by an earlier run's trace_path; refused if its model shape differs). \"\" = the contiguous placement.");
+  }
+  {
     SectionBuilder<LaunchConfig> b(r, &Config::launch, "launch",
         "How the launch helper builds the mpirun command line for a job.");
     using L = LaunchConfig;

@@ -244,6 +244,19 @@ std::vector<CrossKeyRule> build_rules() {
         return "vocab_size " + to_string(c.model.vocab_size) +
                " leaves no room for merges: a bpe tokenizer needs the 256 byte ids and the separator";
       });
+  add({"placement.imbalance_threshold"}, "`placement.imbalance_threshold` is 0 (off) or above 1 (max/mean >= 1 always).",
+      [](const Config& c, int) -> std::string {
+        const double t = c.placement.imbalance_threshold;
+        if (t == 0 || t > 1) return "";
+        return "threshold " + format_number(t, false) + " would re-place on every check: max/mean load is never below 1";
+      });
+  add({"placement.interval", "placement.imbalance_threshold", "placement.from_trace", "parallel.expert_parallel"},
+      "Placing experts (`placement.interval`, `placement.imbalance_threshold` or `placement.from_trace` set) needs `parallel.expert_parallel` > 1.",
+      [](const Config& c, int) -> std::string {
+        const bool live = c.placement.interval > 0 || c.placement.imbalance_threshold > 0 || !c.placement.from_trace.empty();
+        if (!live || c.parallel.expert_parallel > 1) return "";
+        return "there is nothing to re-place with expert_parallel = 1: every rank holds every expert";
+      });
   add({"launch.hostfile", "launch.hosts"}, "At most one of `launch.hosts` and `launch.hostfile` is set.",
       [](const Config& c, int) -> std::string {
         if (c.launch.hosts.empty() || c.launch.hostfile.empty()) return "";

@@ -122,6 +122,15 @@ at::Tensor GroupedExpertsImpl::forward(const at::Tensor& rows_Nd, const at::Tens
   return GeluExpertsFunction::apply(rows_Nd, counts_E, up_proj, down_proj);
 }
 
+void GroupedExpertsImpl::sync_num_experts() {
+  const int64_t E = up_proj.size(0);
+  TORCH_CHECK_VALUE(down_proj.size(0) == E && (!gate_proj.defined() || gate_proj.size(0) == E),
+                    "GroupedExperts.sync_num_experts: up_proj has ", E, " experts but down_proj has ",
+                    down_proj.size(0), gate_proj.defined() ? " and gate_proj " : "",
+                    gate_proj.defined() ? std::to_string(gate_proj.size(0)) : std::string());
+  num_experts_ = E;
+}
+
 void GroupedExpertsImpl::pretty_print(std::ostream& stream) const {
   stream << "switchyard::nn::GroupedExperts(num_experts=" << num_experts_ << ", d_model="
          << d_model_ << ", ffn_hidden=" << ffn_hidden_ << ", activation=" << activation_ << ")";

@@ -36,6 +36,9 @@ class GroupedExpertsImpl : public torch::nn::Module {
   void pretty_print(std::ostream& stream) const override;
 
   int64_t num_experts() const { return num_experts_; }
+  // After live re-placement replaced the weights' rows (set_data, sharding/expert_migration.cpp):
+  // take the expert count from them. Throws c10::ValueError when the weights disagree.
+  void sync_num_experts();
   const std::string& activation() const { return activation_; }
 
   at::Tensor gate_proj;  // [E, d, f], swiglu only

@@ -146,6 +146,38 @@ void bind_sharding(py::module_& m) {
              return released([&] { return e.gather_dense_parameters(); });
            })
       .def("local_expert_parameters", &ShardedEngine::local_expert_parameters)
+      .def("expert_layers", [](const ShardedEngine& e) {
+             py::list out;
+             for (const auto& l : e.expert_layers()) {
+               py::dict d;
+               d["name"] = l.name;
+               d["num_experts"] = l.num_experts;
+               d["placement"] = l.placement.rank_of_expert();
+               out.append(d);
+             }
+             return out;
+           },
+           "The expert-parallel MoE layers in model order: [{'name', 'num_experts', 'placement': "
+           "rank of each expert}]; empty without expert parallelism.")
+      .def("set_expert_placements", [](ShardedEngine& e, const std::vector<std::vector<int64_t>>& maps) {
+             const int64_t R = e.groups().expert_parallel_size;
+             const auto report = released([&] {
+               std::vector<dispatch::ExpertPlacement> placements;
+               for (const auto& m : maps) placements.emplace_back(m, R);
+               return e.set_expert_placements(placements);
+             });
+             py::dict d;
+             d["layers_changed"] = report.layers_changed;
+             d["experts_sent"] = report.experts_sent;
+             d["experts_received"] = report.experts_received;
+             d["bytes_sent"] = report.bytes_sent;
+             d["bytes_received"] = report.bytes_received;
+             d["seconds"] = report.seconds;
+             return d;
+           }, py::arg("placements"),
+           "Moves the experts (master weights and AdamW moments) so that layer i follows "
+           "placements[i] (rank of each expert) and switches the dispatchers; between steps. "
+           "Collective; every rank must pass the same maps. Returns what this rank moved.")
       .def("memory_report", [](const ShardedEngine& e) { return memory_dict(e.memory_report()); })
       .def("analytic_dense_bytes_per_micro_batch", &ShardedEngine::analytic_dense_bytes_per_micro_batch)
       .def_property_readonly("optimizer_step", &ShardedEngine::optimizer_step)

@@ -103,6 +103,28 @@ void ShardedEngine::parallelize_experts() {
   }
 }
 
+std::vector<std::pair<std::string, std::shared_ptr<nn::MoELayerImpl>>> ShardedEngine::moe_layers() const {
+  std::vector<std::pair<std::string, std::shared_ptr<nn::MoELayerImpl>>> layers;
+  for (const auto& item : module_->named_modules("", /*include_self=*/true)) {
+    if (auto layer = std::dynamic_pointer_cast<nn::MoELayerImpl>(item.value())) layers.emplace_back(item.key(), layer);
+  }
+  return layers;
+}
+
+std::shared_ptr<nn::MoELayerImpl> ShardedEngine::owner_layer(
+    const std::vector<std::pair<std::string, std::shared_ptr<nn::MoELayerImpl>>>& layers,
+    const std::string& expert_param) {
+  std::shared_ptr<nn::MoELayerImpl> owner;
+  size_t best = 0;
+  for (const auto& [path, layer] : layers) {
+    const bool prefix = path.empty() || (expert_param.size() > path.size() &&
+                                         expert_param.compare(0, path.size(), path) == 0 &&
+                                         expert_param[path.size()] == '.');
+    if (prefix && (!owner || path.size() >= best)) owner = layer, best = path.size();
+  }
+  return owner;
+}
+
 void ShardedEngine::update_selection_biases() {
   // Auxiliary-loss-free balancing needs the load of the whole job, not of this rank's
   // tokens: with local loads, every rank would move its copy of the (replicated) bias
@@ -612,21 +634,11 @@ std::vector<StateTensor> ShardedEngine::state_tensors() {
     add("exp_avg", f.exp_avg());
     add("exp_avg_sq", f.exp_avg_sq());
   }
-  // Each expert parameter belongs to the MoE layer whose path prefixes its name; the layer
-  // knows which global experts this rank's rows are.
-  std::vector<std::pair<std::string, std::shared_ptr<nn::MoELayerImpl>>> layers;
-  for (const auto& item : module_->named_modules("", /*include_self=*/true)) {
-    if (auto layer = std::dynamic_pointer_cast<nn::MoELayerImpl>(item.value())) layers.emplace_back(item.key(), layer);
-  }
+  // The layer owning each expert parameter knows which global experts this rank's rows are.
+  const auto layers = moe_layers();
   const bool first_replica = groups_.expert_data_parallel.rank() == 0;
   for (ExpertState& e : experts_) {
-    std::shared_ptr<nn::MoELayerImpl> owner;
-    size_t best = 0;
-    for (const auto& [path, layer] : layers) {
-      const bool prefix = path.empty() || (e.name.size() > path.size() && e.name.compare(0, path.size(), path) == 0 &&
-                                           e.name[path.size()] == '.');
-      if (prefix && (!owner || path.size() >= best)) owner = layer, best = path.size();
-    }
+    const std::shared_ptr<nn::MoELayerImpl> owner = owner_layer(layers, e.name);
     TORCH_CHECK(owner, "ShardedEngine.state_tensors: expert parameter '", e.name, "' belongs to no MoE layer");
     const int64_t E = owner->options().num_experts;
     std::vector<int64_t> ids;

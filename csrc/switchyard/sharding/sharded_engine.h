@@ -45,10 +45,15 @@
 #include <vector>
 
 #include "switchyard/comm/process_groups.h"
+#include "switchyard/dispatch/expert_placement.h"
 #include "switchyard/nn/unit_sequence.h"
 #include "switchyard/sharding/counting_allocator.h"
 #include "switchyard/sharding/flat_unit.h"
 #include "switchyard/sharding/sharding_options.h"
+
+namespace switchyard::nn {
+class MoELayerImpl;
+}
 
 namespace switchyard::sharding {
 
@@ -174,8 +179,34 @@ class ShardedEngine {
   // Expert parameters of this rank (master dtype), by name.
   std::map<std::string, at::Tensor> local_expert_parameters() const;
 
+  // --- live expert re-placement (csrc/switchyard/placement/live_placement.h) -------------------
+  // The expert-parallel MoE layers in model order (module path, routed experts, placement);
+  // empty when parallel.expert_parallel = 1.
+  struct ExpertLayer {
+    std::string name;
+    int64_t num_experts = 0;
+    dispatch::ExpertPlacement placement;
+  };
+  std::vector<ExpertLayer> expert_layers() const;
+  // What one set_expert_placements moved, from this rank's point of view. "Sent" counts rows
+  // to other ranks only (an expert that stays is not copied over the network).
+  struct MigrationReport {
+    int64_t layers_changed = 0;
+    int64_t experts_sent = 0, experts_received = 0;
+    int64_t bytes_sent = 0, bytes_received = 0;  // master weights + both AdamW moments
+    double seconds = 0;
+  };
+  // Makes placements[i] the placement of expert_layers()[i]: every expert that changes rank
+  // travels with its master weights and AdamW moments (one all_to_all_v over the
+  // expert-parallel group per changed layer, Note [Migration] in expert_migration.cpp), and
+  // the layers' dispatchers switch to the new map, so the next step computes exactly what it
+  // would have computed without the move. Between steps only (no accumulated micro-batch).
+  // Collective over the world; every rank must pass the same placements (checked).
+  MigrationReport set_expert_placements(const std::vector<dispatch::ExpertPlacement>& placements);
+
   MemoryReport memory_report() const;
   const ShardingOptions& options() const { return options_; }
+  const std::shared_ptr<torch::nn::Module>& module() const { return module_; }
   const comm::ProcessGroups& groups() const { return groups_; }
   std::vector<FlatUnit>& flat_units() { return flats_; }
   int64_t optimizer_step() const { return step_; }
@@ -200,6 +231,12 @@ class ShardedEngine {
   };
 
   void parallelize_experts();
+  // The MoE layers of the model in named_modules order, with their module paths.
+  std::vector<std::pair<std::string, std::shared_ptr<nn::MoELayerImpl>>> moe_layers() const;
+  // The layer among `layers` whose path is the longest prefix of an expert parameter's name.
+  static std::shared_ptr<nn::MoELayerImpl> owner_layer(
+      const std::vector<std::pair<std::string, std::shared_ptr<nn::MoELayerImpl>>>& layers,
+      const std::string& expert_param);
   // After each optimizer step: every MoE layer with moe.bias_update_rate > 0 moves its
   // selection bias by the load summed over the world (collective).
   void update_selection_biases();

@@ -103,6 +103,20 @@ class RunLogger:
                                     float(frac.max() * width), step)
         self._loads.flush()
 
+    def log_placement(self, decision: Mapping) -> None:
+        """One live re-placement decision (switchyard.placement.LivePlacement.after_step's
+        dict) appended to placement.jsonl; its objective and imbalance go to TensorBoard."""
+        if not self.enabled:
+            return
+        with open(self.run_dir / "placement.jsonl", "a") as f:
+            f.write(json.dumps({k: v for k, v in decision.items() if k != "text"}, sort_keys=True) + "\n")
+        if self._tb is not None:
+            step = int(decision["step"])
+            self._tb.add_scalar("placement/bytes_migrated", float(decision["bytes_migrated"]), step)
+            for i, layer in enumerate(decision["layers"]):
+                self._tb.add_scalar(f"placement/layer{i}_max_over_mean", float(layer["new_imbalance"]
+                                    if layer["adopted"] else layer["old_imbalance"]), step)
+
     def close(self) -> None:
         if not self.enabled:
             return

@@ -102,8 +102,19 @@ class Trainer:
         self.tokens_per_step = (cfg.train.micro_batch_size * cfg.train.grad_accum * cfg.data.seq_len
                                 * self.world.size)
         self.entropy = float(self.train_data.unigram_entropy())
+        self.live_placement = None
+        pc = cfg.placement
+        if pc.interval or pc.imbalance_threshold or pc.trace_path or pc.from_trace:
+            from switchyard.placement import LivePlacement
+
+            try:  # the checks are the same on every rank: all raise together
+                self.live_placement = LivePlacement(self.engine, cfg)
+            except ValueError as e:
+                raise TrainingError(f"placement: {e}", echo=self.rank != 0) from None
         self.start_step = 0
         self.resumed_from = self._resume()
+        if pc.from_trace and not self.resumed_from:  # a resumed run restores the saved placement
+            self._place_from_trace(pc.from_trace, config_path)
         self.log = RunLogger(self.run_dir, enabled=self.rank == 0,
                              resume_step=self.start_step if self.resumed_from else None)
         self.log.write_facts({
@@ -147,6 +158,7 @@ class Trainer:
                 # An initial checkpoint (upcycled, imported) has weights but no data position.
                 if "data" in info["metadata"]:
                     self.train_data.load_state_dict(info["metadata"]["data"])
+                self._restore_placements(info["metadata"].get("expert_placements"))
         except (ValueError, KeyError, OSError) as e:
             error = f"cannot resume from {want!r}: {e}"
         except Exception as e:  # DataError and the like: still fail on every rank together
@@ -168,6 +180,30 @@ class Trainer:
         self.last_checkpoint = path
         return path
 
+    def _place_from_trace(self, trace: str, config_path: Optional[str]) -> None:
+        """placement.from_trace: solve every layer's placement from a recorded routing trace
+        and move the experts before the first step. Fails on every rank, naming the file and
+        the mismatch, for a trace of another model shape. Collective."""
+        error, decision = "", None
+        try:
+            decision = self.live_placement.place_from_trace(trace)
+        except (ValueError, OSError, RuntimeError) as e:
+            error = f"placement.from_trace: {e}"
+        _agree(self.world, not error, error)
+        self._say("[switchyard] " + decision["text"])
+
+    def _restore_placements(self, saved) -> None:
+        """Live re-placement moved experts: put them where the checkpoint's run had them, so
+        the resumed run sums in the same order. Skipped when the expert-parallel size changed
+        (the saved maps are for another number of ranks). Collective."""
+        layers = self.engine.expert_layers()
+        if not saved or not layers or len(saved) != len(layers):
+            return
+        if any(max(m) + 1 != self.cfg.parallel.expert_parallel for m in saved):  # every rank holds one
+            return
+        if saved != [l["placement"] for l in layers]:
+            self.engine.set_expert_placements(saved)
+
     def save_checkpoint(self, step: int, reason: str) -> str:
         """Saves the engine, the data position and every rank's RNG state as step ``step``.
         Collective."""
@@ -177,6 +213,7 @@ class Trainer:
             "data": self.train_data.state_dict(),
             "trainer": {"step": step, "reason": reason, "tokens": step * self.tokens_per_step,
                         "world_size": self.world.size},
+            "expert_placements": [l["placement"] for l in self.engine.expert_layers()],
         }
         self.last_checkpoint = checkpoint.save(self.checkpoint_root, step, self.engine, self.cfg, metadata,
                                                {"rng_cpu": torch.get_rng_state()})
@@ -232,6 +269,11 @@ class Trainer:
                 if not math.isfinite(float(out["loss"])):
                     progress.close()
                     self._stop_on_non_finite(done, float(out["loss"]), micro)
+                if self.live_placement is not None:
+                    decision = self.live_placement.after_step(done)
+                    if decision is not None:
+                        progress.message("[switchyard] " + decision["text"])
+                        self.log.log_placement(decision)
                 val_loss = None
                 if self.val_data is not None and t.eval_every and (done % t.eval_every == 0 or done == t.steps):
                     val_loss = self.evaluate()
@@ -252,6 +294,12 @@ class Trainer:
                     break
         finally:
             stop.close()
+        if self.live_placement is not None and cfg.placement.trace_path:
+            trace = Path(cfg.placement.trace_path)
+            trace = trace if trace.is_absolute() else self.run_dir / trace
+            self.live_placement.write_trace(str(trace))
+            progress.message(f"[switchyard] routing trace of {done - self.start_step} steps: {trace} "
+                             f"(python -m switchyard.trace {trace})")
         progress.close()
         self.log.close()
         summary = {"loss": last["loss"], "val_loss": last["val_loss"], "unigram_entropy": self.entropy,
