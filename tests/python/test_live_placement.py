@@ -31,6 +31,13 @@ def test_migration_round_trip(run_mpi, ep):
 
 
 @pytest.mark.mpi
+def test_ranks_that_disagree_on_the_placement_are_refused(run_mpi):
+    out = run_mpi(4, str(SCRIPTS / "expert_migration.py"), "disagree", "4", timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.count("migration ok") == 4, out.stdout + out.stderr
+
+
+@pytest.mark.mpi
 @pytest.mark.parametrize("ep", [4, 2])
 def test_replacement_keeps_losses(run_mpi, ep):
     out = run_mpi(4, str(SCRIPTS / "expert_migration.py"), "same_losses", str(ep), timeout=300)

@@ -5,11 +5,13 @@ set_expert_placements, csrc/switchyard/sharding/expert_migration.cpp). float64 T
                placement: each rank's rows are exactly the original rows of its new experts
                (weights and both moments); moving back restores every tensor bitwise; the
                reported experts sent equal the experts that changed rank.
+  disagree:    rank 1 passes another map: every rank refuses before anything moves, naming
+               the disagreement (all ranks must adopt the identical placement).
   same_losses: 6 steps without re-placement against 6 steps with a new random placement
                before steps 2 and 4: equal losses and gradient norms (1e-12 relative), equal
                final weights of every expert and every dense parameter.
 
-Usage: mpirun -np R python expert_migration.py roundtrip|same_losses EXPERT_PARALLEL
+Usage: mpirun -np R python expert_migration.py roundtrip|disagree|same_losses EXPERT_PARALLEL
 Prints "migration ok rank=R" when everything matches.
 """
 
@@ -102,6 +104,21 @@ def roundtrip(world, ep):
         assert torch.equal(after[key], before[key]), key
 
 
+def disagree(world, ep):
+    engine = make_engine(world, ep)
+    before = expert_state(engine)
+    maps = random_placements(engine, ep, seed=5 + (world.rank == 1))
+    try:
+        engine.set_expert_placements(maps)
+    except ValueError as e:
+        assert "the new expert placements" in str(e) and "differ" in str(e), str(e)
+    else:
+        raise AssertionError("ranks with different placements were not refused")
+    after = expert_state(engine)
+    assert all(torch.equal(after[k], before[k]) for k in before)
+    engine.step([batch(0, world.rank, a) for a in range(ACCUM)], 1e-2)  # still usable
+
+
 def same_losses(world, ep):
     fixed, moving = make_engine(world, ep), make_engine(world, ep)
     for step in range(6):
@@ -123,7 +140,7 @@ def main():
     switchyard.init()
     mode, ep = sys.argv[1], int(sys.argv[2])
     world = comm.world()
-    {"roundtrip": roundtrip, "same_losses": same_losses}[mode](world, ep)
+    {"roundtrip": roundtrip, "disagree": disagree, "same_losses": same_losses}[mode](world, ep)
     print(f"migration ok rank={world.rank}", flush=True)
 
 
