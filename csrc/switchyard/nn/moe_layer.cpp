@@ -111,7 +111,7 @@ MoEOutput MoELayerImpl::forward(const at::Tensor& x,
     const ops::Routing r = ops::route_topk(logits, o.top_k, ro);
     if (observe) {
       const torch::NoGradGuard no_grad;
-      routing_observer_(r.topk_experts, ops::kept_slots(r));
+      routing_observer_(r.topk_experts, ops::kept_slot_mask(r));
     }
 
     if (ep_) {
@@ -155,7 +155,7 @@ MoEOutput MoELayerImpl::forward(const at::Tensor& x,
     if (observe) {
       const torch::NoGradGuard no_grad;
       const ops::Routing as_topk = ops::expert_choice_as_routing(r, T);
-      routing_observer_(as_topk.topk_experts, ops::kept_slots(as_topk));
+      routing_observer_(as_topk.topk_experts, ops::kept_slot_mask(as_topk));
     }
     if (ep_) {
       y = ep_->run_routed(x_Td, ops::expert_choice_as_routing(r, T), *experts);

@@ -92,7 +92,7 @@ class MoELayerImpl : public torch::nn::Module {
   // Routing observer (placement::RoutingStatistics records through it): called by every
   // forward that runs in training mode with grad mode enabled -- so eval passes and no-grad
   // diagnostic passes are not seen -- with the rank's routing over global expert ids:
-  // topk_experts_TK [T,K] int64 and kept_TK [T,K] bool (ops::kept_slots: false for dropped,
+  // topk_experts_TK [T,K] int64 and kept_TK [T,K] bool (ops::kept_slot_mask: false for dropped,
   // null and zero-computation slots). Expert choice passes its top-k form (K = E, column e
   // is expert e, kept where e chose the token). Called under NoGradGuard; it must not keep
   // the tensors beyond the call unless it clones them. An empty function removes it.

@@ -79,7 +79,7 @@ Routing expert_choice_as_routing(const ExpertChoiceRouting& r, int64_t num_token
                  r.expert_counts, r.expert_counts, at::zeros({}, r.expert_counts.options())};
 }
 
-at::Tensor kept_slots(const Routing& routing) {
+at::Tensor kept_slot_mask(const Routing& routing) {
   const int64_t T = routing.topk_experts.size(0), K = routing.topk_experts.size(1);
   // Tail slots (dropped, null, zero-computation) scatter into a spare entry at T*K: no
   // boolean indexing, so no host synchronisation.
