@@ -1,6 +1,7 @@
 #include "switchyard/nn/moe_layer.h"
 
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 #include <torch/nn/options/linear.h>
 #include <torch/utils.h>
 
@@ -80,6 +81,8 @@ MoEOutput MoELayerImpl::forward(const at::Tensor& x,
   const MoELayerOptions& o = options_;
   const at::Tensor x_Td = check_input(x, prev_router_logits);
   const int64_t T = x_Td.size(0);
+  // Only training forwards that will be backpropagated count as routing statistics.
+  const bool observe = routing_observer_ && is_training() && at::GradMode::is_enabled();
 
   const bool jitter = is_training() && o.jitter_eps > 0;
   const at::Tensor router_in = jitter ? ops::router_jitter(x_Td, o.jitter_eps) : x_Td;
@@ -106,6 +109,10 @@ MoEOutput MoELayerImpl::forward(const at::Tensor& x,
     ro.capacity_factor = o.capacity_factor;
     ro.drop_policy = o.drop_policy;
     const ops::Routing r = ops::route_topk(logits, o.top_k, ro);
+    if (observe) {
+      const torch::NoGradGuard no_grad;
+      routing_observer_(r.topk_experts, ops::kept_slot_mask(r));
+    }
 
     if (ep_) {
       y = ep_->run_routed(x_Td, r, *experts);
@@ -145,6 +152,11 @@ MoEOutput MoELayerImpl::forward(const at::Tensor& x,
     // through the dispatcher in top-k form.
     const ops::ExpertChoiceRouting r =
         ops::route_expert_choice(logits, o.capacity_factor, o.top_k, o.score_func);
+    if (observe) {
+      const torch::NoGradGuard no_grad;
+      const ops::Routing as_topk = ops::expert_choice_as_routing(r, T);
+      routing_observer_(as_topk.topk_experts, ops::kept_slot_mask(as_topk));
+    }
     if (ep_) {
       y = ep_->run_routed(x_Td, ops::expert_choice_as_routing(r, T), *experts);
     } else {

@@ -22,6 +22,7 @@
 #include <torch/nn/modules/linear.h>
 #include <torch/nn/pimpl.h>
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <vector>
@@ -88,6 +89,18 @@ class MoELayerImpl : public torch::nn::Module {
   void load_global_expert_weights(const at::Tensor& gate_proj, const at::Tensor& up_proj,
                                   const at::Tensor& down_proj);
 
+  // Routing observer (placement::RoutingStatistics records through it): called by every
+  // forward that runs in training mode with grad mode enabled -- so eval passes and no-grad
+  // diagnostic passes are not seen -- with the rank's routing over global expert ids:
+  // topk_experts_TK [T,K] int64 and kept_TK [T,K] bool (ops::kept_slot_mask: false for dropped,
+  // null and zero-computation slots). Expert choice passes its top-k form (K = E, column e
+  // is expert e, kept where e chose the token). Called under NoGradGuard; it must not keep
+  // the tensors beyond the call unless it clones them. An empty function removes it.
+  using RoutingObserver =
+      std::function<void(const at::Tensor& topk_experts_TK, const at::Tensor& kept_TK)>;
+  void set_routing_observer(RoutingObserver observer) { routing_observer_ = std::move(observer); }
+  bool has_routing_observer() const { return static_cast<bool>(routing_observer_); }
+
   void reset_parameters();
   void pretty_print(std::ostream& stream) const override;
   const MoELayerOptions& options() const { return options_; }
@@ -105,6 +118,7 @@ class MoELayerImpl : public torch::nn::Module {
   MoELayerOptions options_;
   at::Tensor pending_load_;  // expert loads summed since the last update_selection_bias
   std::shared_ptr<ExpertParallelism> ep_;  // null: every expert is local
+  RoutingObserver routing_observer_;       // empty: nobody records the routing
 };
 TORCH_MODULE(MoELayer);
 

@@ -79,4 +79,15 @@ Routing expert_choice_as_routing(const ExpertChoiceRouting& r, int64_t num_token
                  r.expert_counts, r.expert_counts, at::zeros({}, r.expert_counts.options())};
 }
 
+at::Tensor kept_slot_mask(const Routing& routing) {
+  const int64_t T = routing.topk_experts.size(0), K = routing.topk_experts.size(1);
+  // Tail slots (dropped, null, zero-computation) scatter into a spare entry at T*K: no
+  // boolean indexing, so no host synchronisation.
+  const at::Tensor idx =
+      at::where(routing.expert_index >= 0, routing.slot_index, routing.slot_index.new_full({}, T * K));
+  at::Tensor kept = at::zeros({T * K + 1}, routing.slot_index.options().dtype(at::kBool));
+  kept.index_fill_(0, idx, true);
+  return kept.narrow(0, 0, T * K).view({T, K});
+}
+
 }  // namespace switchyard::ops

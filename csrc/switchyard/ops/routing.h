@@ -84,4 +84,10 @@ ExpertChoiceRouting route_expert_choice(const at::Tensor& logits_TE, double capa
 // w.r.t. r.weights. K = E makes the dispatcher's per-row metadata E ids and E weights.
 Routing expert_choice_as_routing(const ExpertChoiceRouting& r, int64_t num_tokens);
 
+// kept_TK [T,K] bool: which slots of topk_experts the grouped arrays run (slot_index where
+// expert_index >= 0) -- false for capacity-dropped slots and for null / zero-computation
+// experts. No host synchronisation. Used by the MoE layer's routing observer (the
+// routing statistics); dispatch::kept_slots computes the same mask.
+at::Tensor kept_slot_mask(const Routing& routing);
+
 }  // namespace switchyard::ops

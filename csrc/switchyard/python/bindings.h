@@ -14,6 +14,7 @@ void bind_dispatch(pybind11::module_& m);
 void bind_sharding(pybind11::module_& m);
 void bind_checkpoint(pybind11::module_& m);
 void bind_placement(pybind11::module_& m);
+void bind_trace(pybind11::module_& m);
 void bind_hf(pybind11::module_& m);
 
 }  // namespace switchyard::python

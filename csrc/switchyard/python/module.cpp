@@ -12,5 +12,6 @@ PYBIND11_MODULE(_C, m) {
   switchyard::python::bind_sharding(m);
   switchyard::python::bind_checkpoint(m);
   switchyard::python::bind_placement(m);
+  switchyard::python::bind_trace(m);
   switchyard::python::bind_hf(m);
 }
