@@ -182,7 +182,7 @@ ReplicatedSolveResult solve_replicated(const PlacementProblem& problem, const So
     for (int64_t r = 0; r < R; ++r) cost[e][r] = problem.traffic_cost(e, r);
   }
   // Warm start: the better of two heuristics, both with LP-optimal shares. (a) LPT with
-  // splitting (greedy_replicated). (b) the one-host optimum (solve(), given a third of the time;
+  // splitting (greedy_replicated). (b) the one-host optimum (solve(), given half of the time;
   // it sees traffic and co-activation) with copies added where the straggler is.
   const ReplicatedPlacement plain_greedy = greedy_replicated(problem);
   const double greedy_objective = evaluate(problem, plain_greedy).objective;
@@ -190,9 +190,9 @@ ReplicatedSolveResult solve_replicated(const PlacementProblem& problem, const So
   PlacementCost warm_cost = evaluate(problem, warm);
   {
     SolveOptions one = options;
-    one.time_limit_s = options.time_limit_s / 3.0;
+    one.time_limit_s = options.time_limit_s / 2.0;
     const SolveResult single = solve(problem, one);
-    const double deadline = 0.6 * options.time_limit_s;
+    const double deadline = 0.7 * options.time_limit_s;
     ReplicatedPlacement b = replicate_stragglers(problem, ReplicatedPlacement::single(single.placement), cost,
                                                  start, deadline);
     const PlacementCost c = evaluate(problem, b);
