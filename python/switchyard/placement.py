@@ -13,6 +13,18 @@ from greedy (longest-processing-time first) placement and stopped at a time limi
 Loads are tokens per expert ([E]); traffic is tokens sent from each source rank to each
 expert ([R, E]); coactivation is a symmetric [E, E] matrix of pair counts. Lists, numpy
 arrays and tensors are accepted.
+
+Replicas of hot experts (the runtime still uses one host per expert; see docs/placement.md)::
+
+    r = placement.solve_replicated(loads, ranks=8, slots=10, replica_budget=4)
+    r["hosts"][e], r["shares"][e]   # ranks hosting expert e, fraction of its tokens on each
+
+Projected MoE-layer time (cost_model.h)::
+
+    m = placement.cost_model(hidden_size=4096, flops_per_token=6 * 4096 * 2048, rank_flops=4e14,
+                             alpha_intra_s=..., beta_intra_Bps=..., alpha_inter_s=...,
+                             beta_inter_Bps=..., ranks_per_node=8)
+    placement.project_layer_time(r["hosts"], r["shares"], loads, 8, 10, traffic, model=m)
 """
 
 from __future__ import annotations
@@ -23,7 +35,9 @@ from . import _C
 
 _cp = _C.placement
 
-__all__ = ["problem", "solve", "greedy", "contiguous", "evaluate"]
+__all__ = ["problem", "solve", "greedy", "contiguous", "evaluate", "solve_replicated", "greedy_replicated",
+           "evaluate_replicated", "check_fits", "single_host", "rank_loads", "rank_traffic", "cost_model",
+           "project_layer_time"]
 
 
 def _flat(name: str, value: Any, shape: Sequence[int]) -> List[float]:
@@ -58,7 +72,8 @@ def _flat(name: str, value: Any, shape: Sequence[int]) -> List[float]:
 
 def problem(loads: Any, ranks: int, slots: int, traffic: Any = None, coactivation: Any = None, *,
             ranks_per_node: int = 0, traffic_weight: float = 1.0, node_factor: float = 2.0,
-            coactivation_weight: float = 0.0, coactivation_top_k: int = 256) -> "_cp.PlacementProblem":
+            coactivation_weight: float = 0.0, coactivation_top_k: int = 256,
+            replica_budget: int = 0) -> "_cp.PlacementProblem":
     """Builds (and validates) the C++ PlacementProblem; see placement_problem.h for the cost model."""
     if hasattr(loads, "detach"):
         loads = loads.detach().cpu().double().tolist()
@@ -80,6 +95,7 @@ def problem(loads: Any, ranks: int, slots: int, traffic: Any = None, coactivatio
     p.ranks_per_node = int(ranks_per_node)
     p.node_factor = float(node_factor)
     p.coactivation_top_k = int(coactivation_top_k)
+    p.replica_budget = int(replica_budget)
     p.validate()
     return p
 
@@ -112,3 +128,84 @@ def evaluate(placement: Sequence[int], loads: Any, ranks: int, slots: int, traff
     cross_rank_tokens, cross_node_tokens, traffic_cost, coactivation_reward, objective."""
     p = problem(loads, ranks, slots, traffic, coactivation, **weights)
     return _cp.evaluate(p, [int(r) for r in placement])
+
+
+Hosts = List[List[int]]
+Shares = List[List[float]]
+
+
+def single_host(placement: Sequence[int]) -> "tuple[Hosts, Shares]":
+    """(hosts, shares) of a one-host-per-expert placement (rank of each expert)."""
+    return [[int(r)] for r in placement], [[1.0] for _ in placement]
+
+
+def solve_replicated(loads: Any, ranks: int, slots: int, traffic: Any = None, coactivation: Any = None, *,
+                     replica_budget: int, time_limit: float = 1.0, mip_gap: float = 1e-6,
+                     symmetry_breaking: bool = True, **weights: Any) -> Dict[str, Any]:
+    """The replica MILP: a dict with hosts ([E] ascending ranks hosting each expert), shares
+    ([E] fraction of its tokens on each host), copies, objective, bound, gap, status, seconds
+    and evaluate()'s cost fields. replica_budget = 0 gives solve()'s placement."""
+    p = problem(loads, ranks, slots, traffic, coactivation, replica_budget=replica_budget, **weights)
+    return _cp.solve_replicated(p, time_limit=float(time_limit), mip_gap=float(mip_gap),
+                                symmetry_breaking=bool(symmetry_breaking))
+
+
+def greedy_replicated(loads: Any, ranks: int, slots: int, traffic: Any = None, coactivation: Any = None, *,
+                      replica_budget: int, **weights: Any) -> "tuple[Hosts, Shares]":
+    """LPT with splitting of the hottest experts (equal shares): (hosts, shares)."""
+    p = problem(loads, ranks, slots, traffic, coactivation, replica_budget=replica_budget, **weights)
+    hosts, shares = _cp.greedy_replicated(p)
+    return hosts, shares
+
+
+def evaluate_replicated(hosts: Hosts, shares: Shares, loads: Any, ranks: int, slots: int, traffic: Any = None,
+                        coactivation: Any = None, **weights: Any) -> Dict[str, float]:
+    """evaluate() for a replicated placement (load and traffic split by the shares; a
+    co-activated pair counts when both experts have the same host set)."""
+    p = problem(loads, ranks, slots, traffic, coactivation, **weights)
+    return _cp.evaluate_replicated(p, hosts, shares)
+
+
+def check_fits(hosts: Hosts, shares: Shares, loads: Any, ranks: int, slots: int, *,
+               replica_budget: int = 0) -> None:
+    """Raises ValueError when the placement is malformed or breaks the slots or the budget."""
+    _cp.check_fits(problem(loads, ranks, slots, replica_budget=replica_budget), hosts, shares)
+
+
+def rank_loads(hosts: Hosts, shares: Shares, loads: Any, ranks: int, slots: int) -> List[float]:
+    """[R] tokens each rank computes."""
+    return _cp.rank_loads(problem(loads, ranks, slots), hosts, shares)
+
+
+def rank_traffic(hosts: Hosts, shares: Shares, loads: Any, ranks: int, slots: int, traffic: Any) -> List[List[float]]:
+    """[R, R] tokens sent from each source rank to each rank under the placement."""
+    flat = _cp.rank_traffic(problem(loads, ranks, slots, traffic), hosts, shares)
+    R = int(ranks)
+    return [flat[s * R:(s + 1) * R] for s in range(R)]
+
+
+def cost_model(*, hidden_size: int, flops_per_token: float, rank_flops: float, alpha_intra_s: float,
+               beta_intra_Bps: float, alpha_inter_s: Optional[float] = None,
+               beta_inter_Bps: Optional[float] = None, ranks_per_node: int = 0,
+               dtype_bytes: float = 2.0) -> "_cp.CostModel":
+    """The projected-time parameters (cost_model.h); inter-node values default to intra-node."""
+    m = _cp.CostModel()
+    m.hidden_size = int(hidden_size)
+    m.dtype_bytes = float(dtype_bytes)
+    m.flops_per_token = float(flops_per_token)
+    m.rank_flops = float(rank_flops)
+    m.alpha_intra_s = float(alpha_intra_s)
+    m.beta_intra_Bps = float(beta_intra_Bps)
+    m.alpha_inter_s = float(alpha_intra_s if alpha_inter_s is None else alpha_inter_s)
+    m.beta_inter_Bps = float(beta_intra_Bps if beta_inter_Bps is None else beta_inter_Bps)
+    m.ranks_per_node = int(ranks_per_node)
+    m.validate()
+    return m
+
+
+def project_layer_time(hosts: Hosts, shares: Shares, loads: Any, ranks: int, slots: int, traffic: Any, *,
+                       model: "_cp.CostModel") -> Dict[str, float]:
+    """Projected forward time of one MoE layer under the placement: compute_s (the straggler),
+    all_to_all_s (one all-to-all, slowest rank), total_s = compute_s + 2 * all_to_all_s."""
+    p = problem(loads, ranks, slots, traffic)
+    return _cp.project_layer_time(_cp.rank_loads(p, hosts, shares), _cp.rank_traffic(p, hosts, shares), model)

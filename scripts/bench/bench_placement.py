@@ -1,15 +1,26 @@
-"""Expert placement on synthetic skew: contiguous vs greedy (LPT) vs the GLPK MILP.
+"""Expert placement on synthetic skew: contiguous vs greedy (LPT) vs the GLPK MILP, with and
+without replicas of hot experts, and the projected MoE-layer time at 8-64 GPUs.
 
 Loads follow Zipf(alpha) over the experts (expert ids shuffled, so hot experts are not all in
 one contiguous block by construction); each expert's tokens come from the ranks in random
 proportions (u^3, normalised: a few dominant source ranks), giving the traffic matrix.
-Every rank has slots = 1.25 * E / R (25% memory headroom); 8 ranks per node, crossing nodes
-costs node_factor = 4; traffic_weight = 1 / R (sends run in parallel on all ranks, so the
-total cross-rank volume is compared with one rank's share). Usage:
+Every rank has slots = 1.25 * E / R (25% memory headroom); 8 ranks per node.
 
-  python scripts/bench/bench_placement.py [--time-limit 1.0] [--seed 0]
+Table 1 (solver): crossing nodes costs node_factor = 4, traffic_weight = 1 / R (sends run in
+parallel on all ranks, so the total cross-rank volume is compared with one rank's share); the
+replica rows allow replica_budget = R extra copies (one per rank on average).
 
-Prints a markdown table; ratios are to contiguous placement of the same instance.
+Table 2 (projection, docs/placement.md "Cost model"): E = 256 experts, top-8 routing of 8192
+tokens per GPU, hidden 4096 in bf16, SwiGLU experts with d_ff = 2048 (6 * 4096 * 2048 FLOPs per
+routed token in the forward pass), 400 TFLOP/s sustained per GPU, NCCL alpha/beta for H100
+NVLink inside a node and 400 Gb/s InfiniBand across nodes (public figures, docs/placement.md).
+The solver's traffic weights come from the same model: one token sent inside a node costs
+2 * bytes / beta_intra of all-to-all time (dispatch and combine), expressed in straggler
+tokens and divided by R; node_factor = beta_intra / beta_inter. Usage:
+
+  python scripts/bench/bench_placement.py [--time-limit 1.0] [--seed 0] [--only solver|projection]
+
+Prints markdown tables; ratios are to contiguous placement of the same instance.
 """
 
 from __future__ import annotations
@@ -18,6 +29,12 @@ import argparse
 import random
 
 from switchyard import placement
+
+# Public NCCL figures (docs/placement.md, "Cost model"): per-peer latency and per-GPU bandwidth.
+NVLINK_ALPHA_S, NVLINK_BETA_BPS = 3.4e-6, 320e9
+IB_ALPHA_S, IB_BETA_BPS = 9.6e-6, 45e9
+HIDDEN, D_FF, DTYPE_BYTES, RANK_FLOPS = 4096, 2048, 2, 400e12
+TOKENS_PER_GPU, TOP_K, PROJ_EXPERTS = 8192, 8, 256
 
 
 def instance(E, R, alpha, seed, tokens_per_expert=4096):
@@ -35,14 +52,10 @@ def instance(E, R, alpha, seed, tokens_per_expert=4096):
     return loads, traffic
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--time-limit", type=float, default=1.0)
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
+def solver_table(args) -> None:
     print("| instance | terms | method | max/mean load | cross-rank tokens | objective | obj / contiguous "
-          "| solve s | gap | status |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| copies | solve s | gap | status |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for E, R in ((64, 8), (256, 32)):
         for alpha in (0.8, 1.2):
             loads, traffic = instance(E, R, alpha, args.seed)
@@ -50,23 +63,85 @@ def main() -> None:
             for terms in ("load", "load+traffic"):
                 kw = dict(ranks_per_node=8, node_factor=4.0, traffic_weight=1.0 / R)
                 t = traffic if terms == "load+traffic" else None
-                base = placement.evaluate(placement.contiguous(loads, R, slots), loads, R, slots, traffic, **kw)
-                rows = [("contiguous", base, None)]
+
+                def cost(hosts, shares):
+                    return placement.evaluate_replicated(hosts, shares, loads, R, slots, traffic, **kw)
+
+                rows = [("contiguous", cost(*placement.single_host(placement.contiguous(loads, R, slots))), None, E)]
                 g = placement.greedy(loads, R, slots, t, **kw)
-                rows.append(("greedy (LPT)", placement.evaluate(g, loads, R, slots, traffic, **kw), None))
+                rows.append(("greedy (LPT)", cost(*placement.single_host(g)), None, E))
                 r = placement.solve(loads, R, slots, t, time_limit=args.time_limit, **kw)
-                rows.append(("ILP (GLPK)", placement.evaluate(r["placement"], loads, R, slots, traffic, **kw), r))
-                obj0 = placement.evaluate(placement.contiguous(loads, R, slots), loads, R, slots, t, **kw)["objective"]
-                for name, c, res in rows:
+                rows.append(("ILP (GLPK)", cost(*placement.single_host(r["placement"])), r, E))
+                gh, gs = placement.greedy_replicated(loads, R, slots, t, replica_budget=R, **kw)
+                rows.append((f"greedy + replicas ({R})", cost(gh, gs), None, sum(len(h) for h in gh)))
+                rr = placement.solve_replicated(loads, R, slots, t, replica_budget=R, time_limit=args.time_limit, **kw)
+                rows.append((f"ILP + replicas ({R})", cost(rr["hosts"], rr["shares"]), rr, rr["copies"]))
+                obj0 = None
+                for name, c, res, copies in rows:
                     # The objective of the instance solved (without traffic: max load only).
                     obj = c["max_load"] + (c["traffic_cost"] if t is not None else 0.0)
+                    obj0 = obj if obj0 is None else obj0
                     solve = f"{res['seconds']:.3f}" if res else "-"
                     gap = f"{100 * res['gap']:.2f}%" if res else "-"
                     status = res["status"] if res else "-"
                     print(f"| {E}x{R} Zipf {alpha} | {terms} | {name} | {c['imbalance']:.3f} | "
-                          f"{c['cross_rank_tokens'] / sum(loads):.3f} | {obj:.0f} | {obj / obj0:.3f} | "
+                          f"{c['cross_rank_tokens'] / sum(loads):.3f} | {obj:.0f} | {obj / obj0:.3f} | {copies} | "
                           f"{solve} | {gap} | {status} |")
-    print("\ncross-rank tokens: fraction of all routed tokens that leave their source rank.")
+    print("\ncross-rank tokens: fraction of all routed tokens that leave their source rank; copies: expert "
+          "copies held (E without replicas).")
+
+
+def projection_table(args) -> None:
+    flops_per_token = 6 * HIDDEN * D_FF
+    bytes_per_token = HIDDEN * DTYPE_BYTES
+    model = placement.cost_model(hidden_size=HIDDEN, dtype_bytes=DTYPE_BYTES, flops_per_token=flops_per_token,
+                                 rank_flops=RANK_FLOPS, alpha_intra_s=NVLINK_ALPHA_S, beta_intra_Bps=NVLINK_BETA_BPS,
+                                 alpha_inter_s=IB_ALPHA_S, beta_inter_Bps=IB_BETA_BPS, ranks_per_node=8)
+    token_compute_s = flops_per_token / RANK_FLOPS
+    print("| GPUs | Zipf | method | max/mean load | cross-node tokens | compute ms | all-to-all ms | layer ms "
+          "| layer / contiguous | solve s | gap |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    E = PROJ_EXPERTS
+    for R in (8, 16, 32, 64):
+        slots = (5 * E) // (4 * R)
+        kw = dict(ranks_per_node=8, node_factor=NVLINK_BETA_BPS / IB_BETA_BPS,
+                  traffic_weight=2 * bytes_per_token / NVLINK_BETA_BPS / token_compute_s / R)
+        for alpha in (0.8, 1.2):
+            loads, traffic = instance(E, R, alpha, args.seed, tokens_per_expert=TOKENS_PER_GPU * TOP_K * R // E)
+            rows = [("contiguous", placement.single_host(placement.contiguous(loads, R, slots)), None)]
+            rows.append(("greedy (LPT)", placement.single_host(placement.greedy(loads, R, slots)), None))
+            r = placement.solve(loads, R, slots, traffic, time_limit=args.time_limit, **kw)
+            rows.append(("ILP (GLPK)", placement.single_host(r["placement"]), r))
+            rr = placement.solve_replicated(loads, R, slots, traffic, replica_budget=R, time_limit=args.time_limit,
+                                            **kw)
+            rows.append((f"ILP + replicas ({R})", (rr["hosts"], rr["shares"]), rr))
+            base = None
+            for name, (hosts, shares), res in rows:
+                c = placement.evaluate_replicated(hosts, shares, loads, R, slots, traffic, **kw)
+                t = placement.project_layer_time(hosts, shares, loads, R, slots, traffic, model=model)
+                base = t["total_s"] if base is None else base
+                solve = f"{res['seconds']:.3f}" if res else "-"
+                gap = f"{100 * res['gap']:.2f}%" if res else "-"
+                print(f"| {R} | {alpha} | {name} | {c['imbalance']:.3f} | {c['cross_node_tokens'] / sum(loads):.3f} | "
+                      f"{1e3 * t['compute_s']:.2f} | {1e3 * t['all_to_all_s']:.2f} | {1e3 * t['total_s']:.2f} | "
+                      f"{t['total_s'] / base:.3f} | {solve} | {gap} |")
+    print(f"\nlayer = compute + 2 x all-to-all (dispatch, combine), forward pass; alpha/beta: NVLink "
+          f"{NVLINK_ALPHA_S * 1e6:.1f} us / {NVLINK_BETA_BPS / 1e9:.0f} GB/s, InfiniBand {IB_ALPHA_S * 1e6:.1f} us / "
+          f"{IB_BETA_BPS / 1e9:.0f} GB/s; cross-node tokens: fraction of routed tokens crossing a node.")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--time-limit", type=float, default=1.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--only", choices=("solver", "projection"))
+    args = ap.parse_args()
+    if args.only != "projection":
+        solver_table(args)
+    if args.only != "solver":
+        if args.only is None:
+            print()
+        projection_table(args)
 
 
 if __name__ == "__main__":

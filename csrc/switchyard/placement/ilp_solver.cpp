@@ -1,5 +1,7 @@
 #include "switchyard/placement/ilp_solver.h"
 
+#include "switchyard/placement/ilp_internal.h"
+
 #include <c10/util/Exception.h>
 #include <glpk.h>
 
@@ -10,64 +12,15 @@
 #include <numeric>
 
 namespace switchyard::placement {
-namespace {
 
-using Clock = std::chrono::steady_clock;
+using detail::CallbackState;
+using detail::Clock;
+using detail::Pair;
+using detail::ProbDeleter;
+using detail::modelled_pairs_max;
+using detail::on_tree_event;
+using detail::top_pairs;
 
-struct Pair {
-  int64_t e, f;
-  double count;
-};
-
-// The K heaviest co-activated pairs (e < f), heaviest first; ties by (e, f) for determinism.
-std::vector<Pair> top_pairs(const PlacementProblem& p) {
-  std::vector<Pair> pairs;
-  if (!p.has_coactivation()) return pairs;
-  const int64_t E = p.num_experts();
-  for (int64_t e = 0; e < E; ++e) {
-    for (int64_t f = e + 1; f < E; ++f) {
-      if (p.coactivation[e * E + f] > 0.0) pairs.push_back({e, f, p.coactivation[e * E + f]});
-    }
-  }
-  std::stable_sort(pairs.begin(), pairs.end(), [](const Pair& a, const Pair& b) { return a.count > b.count; });
-  if (static_cast<int64_t>(pairs.size()) > p.coactivation_top_k) pairs.resize(p.coactivation_top_k);
-  return pairs;
-}
-
-// Number of co-activated pairs with a positive count: when the top K holds them all, the
-// model is the whole cost function.
-int64_t modelled_pairs_max(const PlacementProblem& p) {
-  if (!p.has_coactivation()) return 0;
-  const int64_t E = p.num_experts();
-  int64_t n = 0;
-  for (int64_t e = 0; e < E; ++e) {
-    for (int64_t f = e + 1; f < E; ++f) n += p.coactivation[e * E + f] > 0.0 ? 1 : 0;
-  }
-  return n;
-}
-
-// What the branch-and-bound callback needs: the warm start and the best bound seen.
-struct CallbackState {
-  std::vector<double> warm;  // 1-based column values of the greedy placement
-  bool warm_given = false;
-  double bound = -INFINITY;
-};
-
-void on_tree_event(glp_tree* tree, void* info) {
-  auto* state = static_cast<CallbackState*>(info);
-  if (glp_ios_reason(tree) == GLP_IHEUR && !state->warm_given) {
-    state->warm_given = true;
-    glp_ios_heur_sol(tree, state->warm.data());  // rejected silently when not better
-  }
-  const int best = glp_ios_best_node(tree);
-  if (best != 0) state->bound = std::max(state->bound, glp_ios_node_bound(tree, best));
-}
-
-struct ProbDeleter {
-  void operator()(glp_prob* p) const { glp_delete_prob(p); }
-};
-
-}  // namespace
 
 SolveResult solve(const PlacementProblem& problem, const SolveOptions& options) {
   const auto start = Clock::now();
@@ -189,10 +142,7 @@ SolveResult solve(const PlacementProblem& problem, const SolveOptions& options) 
     state.warm[col_z(k)] = warm_map[pairs[k].e] == warm_map[pairs[k].f] ? 1.0 : 0.0;
   }
 
-  auto ms_left = [&] {
-    const double used = std::chrono::duration<double>(Clock::now() - start).count();
-    return static_cast<int>(std::max(1.0, std::floor((options.time_limit_s - used) * 1000.0)));
-  };
+  auto ms_left = [&] { return detail::ms_left(start, options.time_limit_s); };
   // --- the LP relaxation, then branch and bound ---
   std::string status = "time_limit";
   double bound = trivial_bound;

@@ -19,6 +19,7 @@
 #include "switchyard/dispatch/expert_placement.h"
 #include "switchyard/placement/greedy.h"
 #include "switchyard/placement/placement_problem.h"
+#include "switchyard/placement/replicated.h"
 
 #include <string>
 
@@ -41,7 +42,31 @@ struct SolveResult {
   bool improved_on_greedy = false;
 };
 
-// Throws c10::ValueError when the problem is infeasible or malformed (PlacementProblem::validate).
+// One host per expert (replica_budget is ignored). Throws c10::ValueError when the problem is
+// infeasible or malformed (PlacementProblem::validate).
 SolveResult solve(const PlacementProblem& problem, const SolveOptions& options = {});
+
+struct ReplicatedSolveResult {
+  ReplicatedPlacement placement;
+  PlacementCost cost;       // evaluate(problem, placement)
+  double objective = 0.0;   // cost.objective
+  double bound = 0.0;       // lower bound on the modelled objective
+  double gap = 0.0;         // as SolveResult::gap
+  double seconds = 0.0;     // wall time
+  std::string status;       // as SolveResult::status
+  bool improved_on_greedy = false;  // better than greedy_replicated()
+};
+
+// The replica MILP (ilp_replicated.cpp), warm-started from greedy_replicated(). Variables:
+// x[e,r] binary (a copy of e on r), f[e,r] in [0,1] the share of e's tokens computed on r, L,
+// and the pair variables z.
+//   minimise   L + sum_{e,r} traffic_cost(e,r) f[e,r] - coactivation_weight * sum c[e,f] z[e,f]
+//   subject to sum_r f[e,r] = 1,  f[e,r] <= x[e,r]      (shares only on hosts)
+//              1 <= sum_e x[e,r] <= slots_per_rank       (copies take slots)
+//              sum_{e,r} x[e,r] <= E + replica_budget
+//              L >= sum_e load[e] f[e,r]                 (every rank)
+//              z[e,f] <= 1 - x[e,r] + x[f,r] and z[e,f] <= 1 - x[f,r] + x[e,r]  (same host set)
+// With replica_budget = 0 it is solve() (the same model and answer), converted.
+ReplicatedSolveResult solve_replicated(const PlacementProblem& problem, const SolveOptions& options = {});
 
 }  // namespace switchyard::placement

@@ -49,6 +49,8 @@ void PlacementProblem::validate() const {
                     "placement: expected node_factor >= 1, got ", node_factor);
   TORCH_CHECK_VALUE(std::isfinite(coactivation_weight) && coactivation_weight >= 0.0,
                     "placement: expected coactivation_weight >= 0, got ", coactivation_weight);
+  TORCH_CHECK_VALUE(replica_budget >= 0, "placement: expected replica_budget >= 0 (0 = no replicas), got ",
+                    replica_budget);
   TORCH_CHECK_VALUE(coactivation_top_k >= 0, "placement: expected coactivation_top_k >= 0, got ",
                     coactivation_top_k);
 }

@@ -8,6 +8,11 @@
 // hop(s, r) = 0 when s == r, 1 inside a node, node_factor across nodes (ranks_per_node
 // consecutive ranks form a node; 0 = one node). Every rank must host between 1 and
 // slots_per_rank experts (ExpertPlacement needs at least one per rank).
+//
+// Replicas (replica_budget > 0, replicated.h): an expert may be hosted on several ranks, at
+// most replica_budget extra copies in total, each copy taking a slot; its tokens are split
+// among its hosts in continuous shares (every source rank sends the same share of its tokens
+// of e to each host), so load and traffic are linear in the shares. 0 = one host per expert.
 #pragma once
 
 #include <cstdint>
@@ -27,6 +32,7 @@ struct PlacementProblem {
   double node_factor = 2.0;          // hop cost multiplier across nodes (>= 1)
   double coactivation_weight = 0.0;  // reward per co-activated pair count sharing a rank
   int64_t coactivation_top_k = 256;  // the ILP models only the K heaviest pairs (see ilp_solver.h)
+  int64_t replica_budget = 0;        // extra expert copies allowed in total (0 = no replicas)
 
   int64_t num_experts() const { return static_cast<int64_t>(load.size()); }
   bool has_traffic() const { return !traffic.empty() && traffic_weight != 0.0; }

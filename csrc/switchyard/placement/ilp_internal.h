@@ -1,0 +1,78 @@
+// What the two GLPK models (ilp_solver.cpp: one host per expert; ilp_replicated.cpp: replicas
+// with split load) share: the modelled co-activation pairs, the branch-and-bound callback that
+// injects the warm start and tracks the bound, and the time budget. Internal to placement/.
+#pragma once
+
+#include "switchyard/placement/placement_problem.h"
+
+#include <glpk.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <vector>
+
+namespace switchyard::placement::detail {
+
+using Clock = std::chrono::steady_clock;
+
+struct Pair {
+  int64_t e, f;
+  double count;
+};
+
+// The K heaviest co-activated pairs (e < f), heaviest first; ties by (e, f) for determinism.
+inline std::vector<Pair> top_pairs(const PlacementProblem& p) {
+  std::vector<Pair> pairs;
+  if (!p.has_coactivation()) return pairs;
+  const int64_t E = p.num_experts();
+  for (int64_t e = 0; e < E; ++e) {
+    for (int64_t f = e + 1; f < E; ++f) {
+      if (p.coactivation[e * E + f] > 0.0) pairs.push_back({e, f, p.coactivation[e * E + f]});
+    }
+  }
+  std::stable_sort(pairs.begin(), pairs.end(), [](const Pair& a, const Pair& b) { return a.count > b.count; });
+  if (static_cast<int64_t>(pairs.size()) > p.coactivation_top_k) pairs.resize(p.coactivation_top_k);
+  return pairs;
+}
+
+// Number of co-activated pairs with a positive count: when the top K holds them all, the
+// model is the whole cost function.
+inline int64_t modelled_pairs_max(const PlacementProblem& p) {
+  if (!p.has_coactivation()) return 0;
+  const int64_t E = p.num_experts();
+  int64_t n = 0;
+  for (int64_t e = 0; e < E; ++e) {
+    for (int64_t f = e + 1; f < E; ++f) n += p.coactivation[e * E + f] > 0.0 ? 1 : 0;
+  }
+  return n;
+}
+
+// What the branch-and-bound callback needs: the warm start and the best bound seen.
+struct CallbackState {
+  std::vector<double> warm;  // 1-based column values of the greedy placement
+  bool warm_given = false;
+  double bound = -INFINITY;
+};
+
+inline void on_tree_event(glp_tree* tree, void* info) {
+  auto* state = static_cast<CallbackState*>(info);
+  if (glp_ios_reason(tree) == GLP_IHEUR && !state->warm_given) {
+    state->warm_given = true;
+    glp_ios_heur_sol(tree, state->warm.data());  // rejected silently when not better
+  }
+  const int best = glp_ios_best_node(tree);
+  if (best != 0) state->bound = std::max(state->bound, glp_ios_node_bound(tree, best));
+}
+
+struct ProbDeleter {
+  void operator()(glp_prob* p) const { glp_delete_prob(p); }
+};
+
+// Milliseconds left of `limit_s` since `start` (at least 1: GLPK reads 0 as "no limit").
+inline int ms_left(Clock::time_point start, double limit_s) {
+  const double used = std::chrono::duration<double>(Clock::now() - start).count();
+  return static_cast<int>(std::max(1.0, std::floor((limit_s - used) * 1000.0)));
+}
+
+}  // namespace switchyard::placement::detail
