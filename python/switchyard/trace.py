@@ -120,9 +120,10 @@ def _load_stats(v: torch.Tensor) -> Dict[str, float]:
 
 
 def summarize(trace: Trace, top: int = 3) -> Dict[str, Any]:
-    """Per-layer numbers of a trace (what the CLI prints): tokens, expert load (total and
+    """Per-layer numbers of a trace (what the CLI prints): tokens (kept slots: a token with k
+    experts counts k times), expert load (total and
     EMA: max, mean, max/mean), the ``top`` hottest experts, the fraction of tokens that cross
-    ranks under contiguous placement, the ``top`` co-activated pairs and the transition
+    ranks under contiguous placement, the ``top`` co-activated pairs (count and fraction of slots) and the transition
     concentration (the fraction of (layer-L choice, layer-L+1 choice) pairs whose layer-L+1
     expert is the most frequent successor of the layer-L expert)."""
     s = trace.statistics
@@ -145,7 +146,7 @@ def summarize(trace: Trace, top: int = 3) -> Dict[str, Any]:
         pair_counts = co[iu[0], iu[1]]
         order = torch.argsort(pair_counts, descending=True, stable=True)[:top].tolist()
         pairs = [{"experts": [int(iu[0, i]), int(iu[1, i])], "tokens": float(pair_counts[i]),
-                  "fraction_of_tokens": float(pair_counts[i]) / total if total > 0 else 0.0}
+                  "fraction_of_slots": float(pair_counts[i]) / total if total > 0 else 0.0}
                  for i in order if float(pair_counts[i]) > 0]
         layer: Dict[str, Any] = {
             "layer": l,
@@ -188,14 +189,15 @@ def format_summary(summary: Dict[str, Any]) -> str:
                    + (f", {c['note']}" if c.get("note") else ""))
     for l in summary["layers"]:
         name = f" ({l['name']})" if l["name"] else ""
-        out.append(f"layer {l['layer']}{name}: {l['tokens']:.0f} tokens over {l['num_experts']} experts")
+        out.append(f"layer {l['layer']}{name}: {l['tokens']:.0f} routed slots (token-expert assignments) "
+                   f"over {l['num_experts']} experts")
         for key, label in (("load", "total"), ("load_ema", "EMA")):
             v = l[key]
             out.append(f"  load {label}: max {v['max']:.1f}, mean {v['mean']:.1f}, max/mean {v['max_over_mean']:.3f}")
         hot = ", ".join(f"{h['expert']} ({_pct(h['share'])})" for h in l["hottest"])
         out.append(f"  hottest experts: {hot}")
         out.append(f"  cross-rank tokens under contiguous placement: {_pct(l['cross_rank_fraction_contiguous'])}")
-        pairs = ", ".join(f"{p['experts'][0]}+{p['experts'][1]} ({p['tokens']:.0f}, {_pct(p['fraction_of_tokens'])})"
+        pairs = ", ".join(f"{p['experts'][0]}+{p['experts'][1]} ({p['tokens']:.0f}, {_pct(p['fraction_of_slots'])} of slots)"
                           for p in l["top_coactivated"]) or "none"
         out.append(f"  top co-activated pairs: {pairs}")
         if "transition_concentration" in l:

@@ -441,8 +441,8 @@ def test_cli_summary_prints_expected_numbers(tmp_path, capsys):
     assert l0["transition_concentration"] == 1.0
     assert trace.main([str(path)]) == 0
     text = capsys.readouterr().out
-    assert "layer 0: 6 tokens over 4 experts" in text and "cross-rank tokens under contiguous placement: 33.3%" in text
-    assert "top co-activated pairs: 0+1 (2, 33.3%), 2+3 (1, 16.7%)" in text
+    assert "layer 0: 6 routed slots (token-expert assignments) over 4 experts" in text and "cross-rank tokens under contiguous placement: 33.3%" in text
+    assert "top co-activated pairs: 0+1 (2, 33.3% of slots), 2+3 (1, 16.7% of slots)" in text
     assert "transition concentration: 100.0%" in text
     assert trace.main([str(tmp_path / "missing.safetensors")]) == 2
 
