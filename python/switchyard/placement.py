@@ -37,7 +37,20 @@ _cp = _C.placement
 
 __all__ = ["problem", "solve", "greedy", "contiguous", "evaluate", "solve_replicated", "greedy_replicated",
            "evaluate_replicated", "check_fits", "single_host", "rank_loads", "rank_traffic", "cost_model",
-           "project_layer_time"]
+           "project_layer_time", "LivePlacement"]
+
+LivePlacement = _C.placement.LivePlacement
+LivePlacement.__doc__ = """Live expert re-placement during training (the ``placement:`` config section).
+
+``LivePlacement(engine, cfg)`` attaches routing statistics to the engine's MoE layers.
+``after_step(step)`` (collective, after every optimizer step) returns None, or a dict
+describing a decision: ``step``, ``reason``, ``layers`` (per layer: old/new objective, max/mean
+load and cross-rank tokens, solver status, gap, time, ``adopted``, the new ``placement``),
+``layers_changed``, ``experts_moved``, ``bytes_migrated``, ``solve_seconds``,
+``migrate_seconds`` and ``text`` (the log lines). ``replace_now(step, reason)`` solves
+regardless of the schedule; ``place_from_trace(path)`` solves from a recorded trace;
+``write_trace(path)`` writes the job's routing trace (docs/routing_trace.md). docs/placement.md
+has the details."""
 
 
 def _flat(name: str, value: Any, shape: Sequence[int]) -> List[float]:

@@ -326,11 +326,15 @@ void RoutingStatistics::detach(torch::nn::Module& module) {
 
 PlacementProblem RoutingStatistics::placement_problem(int64_t l, bool use_ema) const {
   const LayerStatistics& st = layer(l);
+  // With the per-step moving average as the load, traffic and co-activation (totals) become
+  // per-step means too, so that the objective's terms share one unit.
+  const bool per_step = use_ema && state_->steps > 0;
+  const double scale = per_step ? 1.0 / static_cast<double>(state_->steps) : 1.0;
   PlacementProblem p;
-  p.load = to_vector(use_ema && state_->steps > 0 ? st.tokens_ema : st.tokens);
+  p.load = to_vector(per_step ? st.tokens_ema : st.tokens);
   p.num_ranks = state_->num_ranks;
-  p.traffic = to_vector(st.traffic);
-  p.coactivation = to_vector(st.coactivation);
+  p.traffic = to_vector(st.traffic * scale);
+  p.coactivation = to_vector(st.coactivation * scale);
   return p;
 }
 

@@ -111,8 +111,8 @@ class RoutingStatistics {
   static void detach(torch::nn::Module& module);
 
   // A placement instance for layer l: load (tokens_ema when use_ema and a step has ended,
-  // otherwise tokens), num_ranks, traffic and coactivation filled (row-major); the caller
-  // sets slots_per_rank and the weights.
+  // otherwise tokens), num_ranks, traffic and coactivation filled (row-major; per-step means,
+  // total / steps, when the load is the EMA); the caller sets slots_per_rank and the weights.
   PlacementProblem placement_problem(int64_t l, bool use_ema = true) const;
 
   // Deserialisation (routing_trace.cpp): replaces layer l's tensors and the step count.

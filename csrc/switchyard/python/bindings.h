@@ -15,6 +15,7 @@ void bind_sharding(pybind11::module_& m);
 void bind_checkpoint(pybind11::module_& m);
 void bind_placement(pybind11::module_& m);
 void bind_trace(pybind11::module_& m);
+void bind_live_placement(pybind11::module_& m);  // after bind_placement
 void bind_hf(pybind11::module_& m);
 
 }  // namespace switchyard::python

@@ -13,5 +13,6 @@ PYBIND11_MODULE(_C, m) {
   switchyard::python::bind_checkpoint(m);
   switchyard::python::bind_placement(m);
   switchyard::python::bind_trace(m);
+  switchyard::python::bind_live_placement(m);
   switchyard::python::bind_hf(m);
 }
