@@ -141,7 +141,7 @@ TEST(PlacementProblem, InfeasibleIsRefused) {
   EXPECT_NE(error_of([&] { sp::solve(q); }).find("2 experts for 3 ranks"), std::string::npos);
 }
 
-TEST(Greedy, Invariants) {
+TEST(PlacementGreedy, Invariants) {
   for (uint32_t seed = 0; seed < 20; ++seed) {
     std::mt19937 rng(seed);
     const int64_t R = 2 + rng() % 7, E = R + rng() % (3 * R), slots = (E + R - 1) / R + rng() % 3;
@@ -170,7 +170,7 @@ TEST(Greedy, Invariants) {
   }
 }
 
-TEST(Greedy, ReplicasSplitTheHottestExpert) {
+TEST(PlacementGreedy, ReplicasSplitTheHottestExpert) {
   sp::PlacementProblem p;
   p.load = {90.0, 10.0, 10.0, 10.0};
   p.num_ranks = 2;
@@ -186,7 +186,7 @@ TEST(Greedy, ReplicasSplitTheHottestExpert) {
   EXPECT_TRUE(r.improved_on_greedy);
 }
 
-TEST(Ilp, EqualsBruteForce) {
+TEST(PlacementIlp, EqualsBruteForce) {
   for (uint32_t seed = 0; seed < 6; ++seed) {
     const bool traffic = seed % 2 == 1;
     const sp::PlacementProblem p = random_problem(100 + seed, 6, traffic ? 4 : 3, 2, traffic);
@@ -198,7 +198,7 @@ TEST(Ilp, EqualsBruteForce) {
   }
 }
 
-TEST(Ilp, ReplicasEqualBruteForce) {
+TEST(PlacementIlp, ReplicasEqualBruteForce) {
   for (uint32_t seed = 0; seed < 6; ++seed) {
     sp::PlacementProblem p = random_problem(200 + seed, 4 + seed % 2, 3, 3, false);
     if (seed % 3 == 0) p.load[0] *= 4.0;  // one hot expert: replicas pay off
@@ -217,7 +217,7 @@ TEST(Ilp, ReplicasEqualBruteForce) {
   }
 }
 
-TEST(Ilp, Deterministic) {
+TEST(PlacementIlp, Deterministic) {
   sp::PlacementProblem p = random_problem(7, 16, 4, 5, true);
   const sp::SolveResult a = sp::solve(p), b = sp::solve(p);
   ASSERT_EQ(a.status, "optimal");
@@ -233,7 +233,7 @@ TEST(Ilp, Deterministic) {
   EXPECT_EQ(c.placement.shares, d.placement.shares);
 }
 
-TEST(Replicated, ValidateAndFits) {
+TEST(PlacementReplicated, ValidateAndFits) {
   sp::PlacementProblem p;
   p.load = {4.0, 2.0, 2.0};
   p.num_ranks = 2;
@@ -260,7 +260,7 @@ TEST(Replicated, ValidateAndFits) {
   EXPECT_NE(error_of([&] { bad.validate(3, 2); }).find("rank 1 holds none"), std::string::npos);
 }
 
-TEST(CostModel, HandComputed) {
+TEST(PlacementCostModel, HandComputed) {
   // 4 ranks, 2 per node. Rank 0 sends 10 tokens to rank 1 (same node) and 20 to rank 2
   // (other node); rank 3 sends 5 to rank 0. 8 bytes per token.
   std::vector<double> traffic(16, 0.0);
