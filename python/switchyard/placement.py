@@ -39,18 +39,43 @@ __all__ = ["problem", "solve", "greedy", "contiguous", "evaluate", "solve_replic
            "evaluate_replicated", "check_fits", "single_host", "rank_loads", "rank_traffic", "cost_model",
            "project_layer_time", "LivePlacement"]
 
-LivePlacement = _C.placement.LivePlacement
-LivePlacement.__doc__ = """Live expert re-placement during training (the ``placement:`` config section).
+class LivePlacement:
+    """Live expert re-placement during training (the ``placement:`` config section,
+    docs/placement.md). The trainer drives it; tools and tests may too.
 
-``LivePlacement(engine, cfg)`` attaches routing statistics to the engine's MoE layers.
-``after_step(step)`` (collective, after every optimizer step) returns None, or a dict
-describing a decision: ``step``, ``reason``, ``layers`` (per layer: old/new objective, max/mean
-load and cross-rank tokens, solver status, gap, time, ``adopted``, the new ``placement``),
-``layers_changed``, ``experts_moved``, ``bytes_migrated``, ``solve_seconds``,
-``migrate_seconds`` and ``text`` (the log lines). ``replace_now(step, reason)`` solves
-regardless of the schedule; ``place_from_trace(path)`` solves from a recorded trace;
-``write_trace(path)`` writes the job's routing trace (docs/routing_trace.md). docs/placement.md
-has the details."""
+    ``LivePlacement(engine, cfg)`` attaches routing statistics to the engine's MoE layers
+    (``engine``: a ``switchyard.sharding.ShardedEngine``). Every method is collective."""
+
+    def __init__(self, engine, config) -> None:
+        self._engine = engine  # the C++ object refers to it
+        self._live = _C.placement.LivePlacement(getattr(engine, "_engine", engine), config)
+
+    def after_step(self, step: int) -> Optional[Dict[str, Any]]:
+        """Call after every optimizer step (``step``: steps done). None, or the decision made:
+        ``step``, ``reason``, ``layers`` (per layer: ``old_objective`` / ``new_objective``,
+        ``old_imbalance`` / ``new_imbalance`` (max/mean rank load), ``old_cross_rank`` /
+        ``new_cross_rank`` (tokens per step leaving their rank), ``status``, ``gap``,
+        ``solve_seconds``, ``adopted``, ``placement``), ``layers_changed``, ``experts_moved``,
+        ``bytes_migrated``, ``solve_seconds``, ``migrate_seconds`` and ``text`` (log lines)."""
+        return self._live.after_step(int(step))
+
+    def replace_now(self, step: int, reason: str = "requested") -> Dict[str, Any]:
+        """Solve from the statistics so far and move the experts now, whatever the schedule."""
+        return self._live.replace_now(int(step), reason)
+
+    def place_from_trace(self, path) -> Dict[str, Any]:
+        """Solve from a routing trace file (docs/routing_trace.md) and move the experts; a trace
+        of another model shape raises ValueError naming the file and the field."""
+        return self._live.place_from_trace(str(path))
+
+    def write_trace(self, path) -> None:
+        """Write the job's routing statistics so far as a trace file (world rank 0 writes)."""
+        self._live.write_trace(str(path))
+
+    @property
+    def steps(self) -> int:
+        """Optimizer steps recorded so far."""
+        return self._live.steps
 
 
 def _flat(name: str, value: Any, shape: Sequence[int]) -> List[float]:
