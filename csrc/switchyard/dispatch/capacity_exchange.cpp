@@ -56,22 +56,22 @@ at::Tensor as_bytes(const at::Tensor& t, int64_t width) {
   return b.size(1) == width ? b : at::constant_pad_nd(b, {0, width - b.size(1)}, 0);
 }
 
-// The packed rows of (rank r_n[i], token t_n[i]): exactly what the exact path sends
-// (ids of the token's slots on r, their weights, 0 / -1 elsewhere; the token).
-at::Tensor pack_rows(const RowLayout& L, const DispatchPlan& p, const at::Tensor& x_Td, const at::Tensor& w_TK,
-                     const at::Tensor& r_n, const at::Tensor& t_n) {
-  const at::Tensor mine = p.dest_TK.index_select(0, t_n) == r_n.unsqueeze(1);
-  const at::Tensor ids = at::where(mine, p.local_id_TK.index_select(0, t_n), -1);
-  const at::Tensor w = at::where(mine, w_TK.index_select(0, t_n), 0.0);
-  const at::Tensor x = x_Td.index_select(0, t_n);
-  return at::cat({as_bytes(ids, L.ids_bytes), as_bytes(w, pad8(L.w_bytes)), as_bytes(x, pad8(L.x_bytes))}, 1);
+// The part of packed rows `buf` [n, row_bytes] at `byte_offset`, seen as [n, cols] of
+// `dtype` (a strided view: no copy). Offsets and row_bytes are multiples of 8.
+at::Tensor part(const at::Tensor& buf, at::ScalarType dtype, int64_t byte_offset, int64_t cols) {
+  const int64_t size = static_cast<int64_t>(c10::elementSize(dtype));
+  return buf.view(dtype).narrow(1, byte_offset / size, cols);
 }
 
-// Bytes [M, row_bytes] -> a new (not a view) [M, cols] tensor of `dtype`.
-at::Tensor unpack(const at::Tensor& packed, int64_t offset, int64_t bytes, int64_t cols, at::ScalarType dtype) {
-  at::Tensor out = at::empty({packed.size(0), cols}, packed.options().dtype(dtype));
-  out.view(at::kByte).copy_(packed.narrow(1, offset, bytes));
-  return out;
+// Writes the packed rows of (rank r_n[i], token t_n[i]) into rows dest[i] of `buf`:
+// exactly what the exact path sends (ids of the token's slots on r and their weights,
+// -1 / 0 elsewhere; the token), each part straight into its columns.
+void write_rows(const RowLayout& L, const at::Tensor& buf, const at::Tensor& dest, const DispatchPlan& p,
+                const at::Tensor& x_Td, const at::Tensor& w_TK, const at::Tensor& r_n, const at::Tensor& t_n) {
+  const at::Tensor mine = p.dest_TK.index_select(0, t_n) == r_n.unsqueeze(1);
+  part(buf, at::kLong, 0, L.K).index_copy_(0, dest, at::where(mine, p.local_id_TK.index_select(0, t_n), -1));
+  part(buf, L.w_dtype, L.w_offset, L.K).index_copy_(0, dest, at::where(mine, w_TK.index_select(0, t_n), 0.0));
+  part(buf, L.x_dtype, L.x_offset, L.d).index_copy_(0, dest, x_Td.index_select(0, t_n));
 }
 
 // Everything the backward needs, and the forward's results for the caller.
@@ -109,8 +109,9 @@ std::pair<at::Tensor, at::Tensor> run_exchange(ExchangeState& s, const at::Tenso
   const at::Tensor pos_RT = present_RT.to(at::kLong).cumsum(1) - 1;  // row's index within its rank
   const at::Tensor cap_R = to_device(cap_send, device);
   const at::Tensor start_R = to_device(send_start, device);
-  // One spare row at the end takes the padding entries of nonzero_static.
-  at::Tensor send1 = at::zeros({send_total + 1, L.row_bytes}, x_Td.options().dtype(at::kByte));
+  // One spare row at the end takes the padding entries of nonzero_static. Unused capacity
+  // is left uninitialised: the receiver reads only the header and the first n rows.
+  at::Tensor send1 = at::empty({send_total + 1, L.row_bytes}, x_Td.options().dtype(at::kByte));
   if (C1 > 0 && T > 0) {
     const at::Tensor first_RT = present_RT & (pos_RT < cap_R.unsqueeze(1));
     // Sized by the capacity (host-known), not the true count: no synchronisation.
@@ -121,7 +122,7 @@ std::pair<at::Tensor, at::Tensor> run_exchange(ExchangeState& s, const at::Tenso
     const at::Tensor dest = at::where(valid, start_R.index_select(0, r0) + 1 +
                                                  pos_RT.flatten().index_select(0, r0 * T + t0),
                                       send_total);
-    send1.index_copy_(0, dest, pack_rows(L, p, x_Td, w_TK, r0, t0));
+    write_rows(L, send1, dest, p, x_Td, w_TK, r0, t0);
   }
   send1.index_copy_(0, start_R, as_bytes(p.counts_R2.contiguous(), L.row_bytes));
   const at::Tensor recv1 = group.all_to_all_v(send1.narrow(0, 0, send_total), block_send, block_recv);
@@ -129,8 +130,7 @@ std::pair<at::Tensor, at::Tensor> run_exchange(ExchangeState& s, const at::Tenso
 
   // SYNC_POINT(capacity_counts): this rank's true counts and every sender's header, in one
   // copy -- after the payload moved. Only the overflow and the output sizes need the host.
-  const at::Tensor hdr = recv1.index_select(0, to_device(recv_start, device)).narrow(1, 0, kHeaderBytes)
-                             .contiguous().view(at::kLong).view({R, 2});
+  const at::Tensor hdr = part(recv1, at::kLong, 0, kHeaderBytes / 8).index_select(0, to_device(recv_start, device));
   const at::Tensor host = at::cat({p.counts_R2, hdr}).to(at::kCPU).contiguous();
   const int64_t* c = host.data_ptr<int64_t>();
   res.send_rows.assign(R, 0), res.send_slots.assign(R, 0), res.recv_rows.assign(R, 0), res.recv_slots.assign(R, 0);
@@ -155,10 +155,11 @@ std::pair<at::Tensor, at::Tensor> run_exchange(ExchangeState& s, const at::Tenso
   at::Tensor recv2;
   if (O_send > 0 || O_recv > 0) {
     res.second_round = true;
-    at::Tensor send2 = at::empty({0, L.row_bytes}, send1.options());
+    const at::Tensor send2 = at::empty({O_send, L.row_bytes}, send1.options());
     if (O_send > 0) {
       const at::Tensor rt = at::nonzero_static(present_RT & (pos_RT >= cap_R.unsqueeze(1)), O_send, -1);
-      send2 = pack_rows(L, p, x_Td, w_TK, rt.select(1, 0).contiguous(), rt.select(1, 1).contiguous());
+      write_rows(L, send2, at::arange(O_send, rt.options()), p, x_Td, w_TK, rt.select(1, 0).contiguous(),
+                 rt.select(1, 1).contiguous());
     }
     recv2 = group.send_recv(send2, over_send, over_recv);
   }
@@ -174,11 +175,12 @@ std::pair<at::Tensor, at::Tensor> run_exchange(ExchangeState& s, const at::Tenso
     for (int64_t i = 0; i < over_recv[r]; ++i) gather.push_back(over_at + i);
     over_at += over_recv[r];
   }
+  // One gather per part, straight from the received bytes into new contiguous tensors.
   const at::Tensor source = recv2.defined() ? at::cat({recv1, recv2}) : recv1;
-  const at::Tensor packed = source.index_select(0, to_device(gather, device));
-  res.recv_ids_MK = unpack(packed, 0, L.ids_bytes, K, at::kLong);
-  at::Tensor recv_w = unpack(packed, L.w_offset, L.w_bytes, K, L.w_dtype);
-  at::Tensor recv_x = unpack(packed, L.x_offset, L.x_bytes, L.d, L.x_dtype);
+  const at::Tensor rows = to_device(gather, device);
+  res.recv_ids_MK = part(source, at::kLong, 0, K).index_select(0, rows);
+  at::Tensor recv_w = part(source, L.w_dtype, L.w_offset, K).index_select(0, rows);
+  at::Tensor recv_x = part(source, L.x_dtype, L.x_offset, L.d).index_select(0, rows);
 
   // The send order the combine and the backward need (the exact path's), sized by the
   // counts now on the host.
