@@ -63,15 +63,21 @@ at::Tensor part(const at::Tensor& buf, at::ScalarType dtype, int64_t byte_offset
   return buf.view(dtype).narrow(1, byte_offset / size, cols);
 }
 
-// Writes the packed rows of (rank r_n[i], token t_n[i]) into rows dest[i] of `buf`:
-// exactly what the exact path sends (ids of the token's slots on r and their weights,
-// -1 / 0 elsewhere; the token), each part straight into its columns.
-void write_rows(const RowLayout& L, const at::Tensor& buf, const at::Tensor& dest, const DispatchPlan& p,
-                const at::Tensor& x_Td, const at::Tensor& w_TK, const at::Tensor& r_n, const at::Tensor& t_n) {
+// Writes the ids and weights of the packed rows of (rank r_n[i], token t_n[i]) into rows
+// dest[i] of `buf`: exactly what the exact path sends (ids of the token's slots on r and
+// their weights, -1 / 0 elsewhere). The token parts are written by write_tokens.
+void write_meta(const RowLayout& L, const at::Tensor& buf, const at::Tensor& dest, const DispatchPlan& p,
+                const at::Tensor& w_TK, const at::Tensor& r_n, const at::Tensor& t_n) {
   const at::Tensor mine = p.dest_TK.index_select(0, t_n) == r_n.unsqueeze(1);
   part(buf, at::kLong, 0, L.K).index_copy_(0, dest, at::where(mine, p.local_id_TK.index_select(0, t_n), -1));
   part(buf, L.w_dtype, L.w_offset, L.K).index_copy_(0, dest, at::where(mine, w_TK.index_select(0, t_n), 0.0));
-  part(buf, L.x_dtype, L.x_offset, L.d).index_copy_(0, dest, x_Td.index_select(0, t_n));
+}
+
+// Row i of `buf` gets token src[i]: one gather straight into the strided token columns
+// (no temporary: the same single pass over the rows as the exact path's index_select).
+void write_tokens(const RowLayout& L, const at::Tensor& buf, const at::Tensor& x_Td, const at::Tensor& src) {
+  at::Tensor out = part(buf, L.x_dtype, L.x_offset, L.d);
+  at::index_select_out(out, x_Td, 0, src);
 }
 
 // Everything the backward needs, and the forward's results for the caller.
@@ -122,7 +128,9 @@ std::pair<at::Tensor, at::Tensor> run_exchange(ExchangeState& s, const at::Tenso
     const at::Tensor dest = at::where(valid, start_R.index_select(0, r0) + 1 +
                                                  pos_RT.flatten().index_select(0, r0 * T + t0),
                                       send_total);
-    write_rows(L, send1, dest, p, x_Td, w_TK, r0, t0);
+    // Every row's token (padding rows take token 0: they are never read), then the metadata.
+    write_tokens(L, send1, x_Td, at::zeros({send_total + 1}, dest.options()).index_copy_(0, dest, t0));
+    write_meta(L, send1, dest, p, w_TK, r0, t0);
   }
   send1.index_copy_(0, start_R, as_bytes(p.counts_R2.contiguous(), L.row_bytes));
   const at::Tensor recv1 = group.all_to_all_v(send1.narrow(0, 0, send_total), block_send, block_recv);
@@ -158,8 +166,9 @@ std::pair<at::Tensor, at::Tensor> run_exchange(ExchangeState& s, const at::Tenso
     const at::Tensor send2 = at::empty({O_send, L.row_bytes}, send1.options());
     if (O_send > 0) {
       const at::Tensor rt = at::nonzero_static(present_RT & (pos_RT >= cap_R.unsqueeze(1)), O_send, -1);
-      write_rows(L, send2, at::arange(O_send, rt.options()), p, x_Td, w_TK, rt.select(1, 0).contiguous(),
-                 rt.select(1, 1).contiguous());
+      const at::Tensor t = rt.select(1, 1).contiguous();
+      write_tokens(L, send2, x_Td, t);
+      write_meta(L, send2, at::arange(O_send, rt.options()), p, w_TK, rt.select(1, 0).contiguous(), t);
     }
     recv2 = group.send_recv(send2, over_send, over_recv);
   }
