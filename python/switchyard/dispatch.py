@@ -32,27 +32,31 @@ ExpertPlacement = _C.dispatch.ExpertPlacement
 ExpertParallel = _C.dispatch.ExpertParallel
 check_same_config = _C.dispatch.check_same_config
 TokenDispatcher = _C.dispatch.TokenDispatcher
+SpeculationOptions = _C.dispatch.SpeculationOptions
 
-__all__ = ["ExpertPlacement", "ExpertParallel", "TokenDispatcher", "check_same_config", "distribute",
-           "distribute_model", "load_global_state_dict"]
+__all__ = ["ExpertPlacement", "ExpertParallel", "SpeculationOptions", "TokenDispatcher", "check_same_config",
+           "distribute", "distribute_model", "load_global_state_dict"]
 
 
-def distribute(layer, group, placement: Optional[ExpertPlacement] = None) -> ExpertParallel:
+def distribute(layer, group, placement: Optional[ExpertPlacement] = None,
+               speculation: Optional[SpeculationOptions] = None) -> ExpertParallel:
     """Make ``layer`` (a :class:`switchyard.nn.MoELayer`) expert-parallel over ``group``.
 
-    ``placement`` defaults to contiguous blocks. The layer keeps only its rank's experts
+    ``placement`` defaults to contiguous blocks; ``speculation`` to the defaults of the
+    ``speculation:`` config section (docs/speculation.md). The layer keeps only its rank's experts
     (their current weights); its forward becomes collective over ``group``. Returns the
     :class:`ExpertParallel` (``.last_stats`` reports the bytes of the latest dispatch).
     """
     if placement is None:
         placement = ExpertPlacement.contiguous(layer.options.num_experts, group.size)
-    ep = ExpertParallel(group, placement)
+    ep = ExpertParallel(group, placement, speculation)
     layer.cpp_module.enable_expert_parallel(ep)
     adopt_children(layer)  # `experts` is a new C++ module: refresh the Python views
     return ep
 
 
-def distribute_model(model, group, placement: Optional[ExpertPlacement] = None) -> list:
+def distribute_model(model, group, placement: Optional[ExpertPlacement] = None,
+                     speculation: Optional[SpeculationOptions] = None) -> list:
     """Make every MoE block of ``model`` (a :class:`switchyard.nn.MoETransformer`)
     expert-parallel over ``group``, as :func:`distribute` does for one layer.
 
@@ -65,7 +69,7 @@ def distribute_model(model, group, placement: Optional[ExpertPlacement] = None) 
         placement = ExpertPlacement.contiguous(layers[0].options.num_experts, group.size)
     eps = []
     for layer in layers:
-        ep = ExpertParallel(group, placement)
+        ep = ExpertParallel(group, placement, speculation)
         layer.enable_expert_parallel(ep)
         eps.append(ep)
     adopt_children(model)  # new `experts` C++ modules: refresh every Python view

@@ -55,7 +55,7 @@ def test_demo_config_loads():
 def test_values_have_python_types():
     cfg = switchyard.load_config(str(DEMO))
     d = cfg.to_dict()
-    assert list(d) == ["model", "moe", "parallel", "train", "data", "checkpoint", "placement", "launch"]
+    assert list(d) == ["model", "moe", "parallel", "train", "data", "checkpoint", "placement", "launch", "speculation"]
     assert type(d["moe"]["top_k"]) is int
     assert type(d["train"]["lr"]) is float and d["train"]["lr"] == 1e-3
     assert type(d["moe"]["renormalize"]) is bool

@@ -26,6 +26,11 @@ class Backend {
   virtual WorkHandle all_to_all_v(const at::Tensor& send, const at::Tensor& recv,
                                   const std::vector<int64_t>& send_rows,
                                   const std::vector<int64_t>& recv_rows, bool async) = 0;
+  // Point-to-point (Communicator::send_recv): the same layout as all_to_all_v, but only
+  // peers with a non-zero count exchange a message; not collective.
+  virtual WorkHandle send_recv(const at::Tensor& send, const at::Tensor& recv,
+                               const std::vector<int64_t>& send_rows,
+                               const std::vector<int64_t>& recv_rows, bool async) = 0;
   // input [n, *T] (or 0-dim: n = 1), output [size*n, *T]; contiguous.
   virtual WorkHandle all_gather(const at::Tensor& input, const at::Tensor& output, bool async) = 0;
   // input [size*n, *T], output [n, *T]; contiguous; op kAvg only for floating dtypes.

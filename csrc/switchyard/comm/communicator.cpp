@@ -235,9 +235,11 @@ std::string Communicator::describe() const { return state_->group->describe(); }
 
 namespace {
 
-WorkHandle run_all_to_all_v(CommState& s, const at::Tensor& send, c10::IntArrayRef send_splits,
-                            c10::IntArrayRef recv_splits, const at::Tensor& out, bool async) {
-  const Checker c(s, "all_to_all_v");
+// all_to_all_v (collective) and send_recv (point-to-point) share their checks and layout.
+WorkHandle run_exchange(CommState& s, const char* op, bool pairwise, const at::Tensor& send,
+                        c10::IntArrayRef send_splits, c10::IntArrayRef recv_splits, const at::Tensor& out,
+                        bool async) {
+  const Checker c(s, op);
   c.tensor(send, "send");
   TORCH_CHECK_VALUE(send.dim() >= 1, c.where(), ": send must have a row dimension, got a 0-dim tensor");
   c.splits(send_splits, "send_splits");
@@ -248,6 +250,10 @@ WorkHandle run_all_to_all_v(CommState& s, const at::Tensor& send, c10::IntArrayR
   const auto shape = with_rows(send, sum_of(recv_splits));
   c.out(out, send, shape, "send", "sum(recv_splits) rows, send's trailing shape");
   Backend& backend = backend_for(s, c, send, "send");
+  if (pairwise) {
+    return backend.send_recv(send.contiguous(), output_or_new(out, send, shape), send_splits.vec(),
+                             recv_splits.vec(), async);
+  }
   return backend.all_to_all_v(send.contiguous(), output_or_new(out, send, shape), send_splits.vec(),
                               recv_splits.vec(), async);
 }
@@ -295,11 +301,20 @@ WorkHandle run_broadcast(CommState& s, const at::Tensor& tensor, int root, bool 
 
 at::Tensor Communicator::all_to_all_v(const at::Tensor& send, c10::IntArrayRef send_splits,
                                       c10::IntArrayRef recv_splits, const at::Tensor& out) {
-  return run_all_to_all_v(*state_, send, send_splits, recv_splits, out, false)->result();
+  return run_exchange(*state_, "all_to_all_v", false, send, send_splits, recv_splits, out, false)->result();
 }
 WorkHandle Communicator::all_to_all_v_async(const at::Tensor& send, c10::IntArrayRef send_splits,
                                             c10::IntArrayRef recv_splits, const at::Tensor& out) {
-  return run_all_to_all_v(*state_, send, send_splits, recv_splits, out, true);
+  return run_exchange(*state_, "all_to_all_v", false, send, send_splits, recv_splits, out, true);
+}
+
+at::Tensor Communicator::send_recv(const at::Tensor& send, c10::IntArrayRef send_splits,
+                                   c10::IntArrayRef recv_splits, const at::Tensor& out) {
+  return run_exchange(*state_, "send_recv", true, send, send_splits, recv_splits, out, false)->result();
+}
+WorkHandle Communicator::send_recv_async(const at::Tensor& send, c10::IntArrayRef send_splits,
+                                         c10::IntArrayRef recv_splits, const at::Tensor& out) {
+  return run_exchange(*state_, "send_recv", true, send, send_splits, recv_splits, out, true);
 }
 
 at::Tensor Communicator::all_gather(const at::Tensor& input, const at::Tensor& out) {

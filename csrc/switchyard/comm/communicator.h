@@ -84,6 +84,20 @@ class Communicator {
   WorkHandle all_to_all_v_async(const at::Tensor& send, c10::IntArrayRef send_splits,
                                 c10::IntArrayRef recv_splits, const at::Tensor& out = {});
 
+  // --- send_recv (point-to-point; NOT collective) -------------------------------------
+  // The layout of all_to_all_v, but only the pairs with a non-zero count communicate:
+  // send_splits[p] > 0 sends that many rows to p, recv_splits[p] > 0 receives that many
+  // from p (self included). A rank with no non-zero entry need not call at all. Each pair
+  // must issue its matching calls in the same order (rows sent by p to q in p's i-th call
+  // with a non-zero count to q arrive in q's i-th call with a non-zero count from p), and
+  // the counts of a pair must agree. Used where both sides of each pair already know
+  // what moves between them without asking the others (the dispatcher's overflow round,
+  // Note [Speculative capacity] in dispatch/capacity_exchange.h).
+  at::Tensor send_recv(const at::Tensor& send, c10::IntArrayRef send_splits,
+                       c10::IntArrayRef recv_splits, const at::Tensor& out = {});
+  WorkHandle send_recv_async(const at::Tensor& send, c10::IntArrayRef send_splits,
+                             c10::IntArrayRef recv_splits, const at::Tensor& out = {});
+
   // --- all_gather ----------------------------------------------------------------------
   // Every rank gives [n, *T] (the same shape everywhere) -> [size*n, *T], rank p's rows at
   // [p*n, (p+1)*n). A 0-dim input gathers into [size].

@@ -229,6 +229,45 @@ class MpiBackend final : public Backend {
     return work;
   }
 
+  // Point-to-point: an MPI_Isend / MPI_Irecv per peer with a non-zero count (self
+  // included: MPI matches a rank's messages to itself), then MPI_Waitall unless async.
+  // Point-to-point traffic has its own matching context, apart from the collectives on the
+  // same communicator; one tag and MPI's non-overtaking rule keep each pair's calls in order.
+  WorkHandle send_recv(const at::Tensor& send, const at::Tensor& recv, const std::vector<int64_t>& send_rows,
+                       const std::vector<int64_t>& recv_rows, bool async) override {
+    constexpr int kTag = 0x5359;  // "SY"
+    auto work = std::make_shared<MpiWork>(group_, "send_recv", recv);
+    const int64_t row_bytes = row_bytes_of(send);
+    const int64_t max_rows = std::max(send.size(0), recv.size(0));
+    const TransferUnit unit("send_recv", row_bytes, max_rows * row_bytes, max_rows);
+    const MPI_Datatype type = unit.type();
+    const MPI_Comm comm = group_->comm;
+    auto* recv_ptr = static_cast<char*>(recv.data_ptr());
+    const auto* send_ptr = static_cast<const char*>(send.data_ptr());
+    int64_t send_at = 0, recv_at = 0;
+    // Receives first, so a message to self always finds its receive posted.
+    for (int p = 0; p < group_->size; ++p) {
+      if (recv_rows[p] > 0) {
+        const int count = unit.count(recv_rows[p] * row_bytes);
+        void* ptr = recv_ptr + recv_at * row_bytes;
+        work->post(true, "MPI_Irecv", [&](MPI_Request* r) { return MPI_Irecv(ptr, count, type, p, kTag, comm, r); });
+      }
+      recv_at += recv_rows[p];
+    }
+    for (int p = 0; p < group_->size; ++p) {
+      if (send_rows[p] > 0) {
+        const int count = unit.count(send_rows[p] * row_bytes);
+        const void* ptr = send_ptr + send_at * row_bytes;
+        work->post(true, "MPI_Isend", [&](MPI_Request* r) { return MPI_Isend(ptr, count, type, p, kTag, comm, r); });
+      }
+      send_at += send_rows[p];
+    }
+    work->keep(send);
+    work->keep(recv);
+    if (!async) work->wait();
+    return work;
+  }
+
   WorkHandle all_gather(const at::Tensor& input, const at::Tensor& output, bool async) override {
     auto work = std::make_shared<MpiWork>(group_, "all_gather", output);
     const int64_t row_bytes = input.dim() == 0 ? input.element_size() : row_bytes_of(input);

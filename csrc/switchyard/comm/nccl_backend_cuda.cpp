@@ -162,9 +162,21 @@ class NcclBackend final : public Backend {
   WorkHandle all_to_all_v(const at::Tensor& send, const at::Tensor& recv,
                           const std::vector<int64_t>& send_rows,
                           const std::vector<int64_t>& recv_rows, bool async) override {
+    return grouped_send_recv("all_to_all_v", send, recv, send_rows, recv_rows, async);
+  }
+
+  // Point-to-point is the same grouped ncclSend/ncclRecv: zero-count peers get no call, so
+  // only the pairs that exchange rows take part (NCCL matches each pair's calls in order).
+  WorkHandle send_recv(const at::Tensor& send, const at::Tensor& recv, const std::vector<int64_t>& send_rows,
+                       const std::vector<int64_t>& recv_rows, bool async) override {
+    return grouped_send_recv("send_recv", send, recv, send_rows, recv_rows, async);
+  }
+
+  WorkHandle grouped_send_recv(const char* op, const at::Tensor& send, const at::Tensor& recv,
+                               const std::vector<int64_t>& send_rows, const std::vector<int64_t>& recv_rows,
+                               bool async) {
     const int64_t row_bytes = row_bytes_of(send);
-    return run("all_to_all_v", recv, {send, recv}, async, [&](cudaStream_t stream) {
-      const char* op = "all_to_all_v";
+    return run(op, recv, {send, recv}, async, [&](cudaStream_t stream) {
       const auto* send_ptr = static_cast<const char*>(send.data_ptr());
       auto* recv_ptr = static_cast<char*>(recv.data_ptr());
       check(ncclGroupStart(), op, "ncclGroupStart");

@@ -92,6 +92,12 @@ struct ParallelConfig {
   std::string backend = "auto";
 };
 
+// Speculative pre-scheduling in the expert-parallel dispatcher (docs/speculation.md).
+struct SpeculationConfig {
+  bool capacity = true;          // size receive buffers from the last dispatch's counts
+  double capacity_margin = 0.1;  // capacity = count + ceil(margin * count)
+};
+
 struct TrainConfig {
   int64_t seed = 1234;
   int64_t steps = 1000;
@@ -176,6 +182,7 @@ struct Config {
   CheckpointConfig checkpoint;
   PlacementConfig placement;
   LaunchConfig launch;
+  SpeculationConfig speculation;
 
   // Provenance of every key that was set ("moe.top_k" -> origin). Not part of the value:
   // operator== and fingerprint() ignore it.

@@ -224,6 +224,13 @@ std::vector<SectionInfo> build_registry() {
     b.add(SY_KEY(L, env), "Names of environment variables forwarded to every rank (mpirun -x).").items(check_env_name, "each a variable name");
     b.add(SY_KEY(L, mpirun_args), "Extra arguments passed to mpirun verbatim.").items(check_nonempty, "each not empty");
   }
+  {
+    SectionBuilder<SpeculationConfig> b(r, &Config::speculation, "speculation",
+        "Speculative pre-scheduling in the expert-parallel dispatcher; none of these keys changes results (docs/speculation.md).");
+    using S = SpeculationConfig;
+    b.add(SY_KEY(S, capacity), "Speculative capacity: size each (rank, peer) receive buffer from that pair's row count in this layer's previous dispatch plus capacity_margin, and send the counts with the rows in one all-to-all (no separate count exchange); rows beyond the capacity follow in a point-to-point second round between the pairs concerned. Bitwise the same results as the exact path.");
+    b.add(SY_KEY(S, capacity_margin), "Headroom of the speculative capacity: a pair that moved c rows last time gets c + ceil(capacity_margin * c) rows of room (padding bytes against second rounds).").at_least(0);
+  }
   return r;
 }
 

@@ -7,10 +7,16 @@
 //
 // last_stats() is the DispatchStats of the latest forward on this rank (a diagnostic; the
 // dispatch itself keeps no state, see token_dispatcher.h).
+//
+// Speculation (speculation.h, docs/speculation.md) is per layer, so its state lives here:
+// with speculation.capacity, each forward after the first takes the capacity path with
+// capacities predicted from this layer's previous dispatch (CapacityPredictor); counters()
+// accumulates what the forwards cost.
 #pragma once
 
 #include <optional>
 
+#include "switchyard/dispatch/speculation.h"
 #include "switchyard/dispatch/token_dispatcher.h"
 #include "switchyard/nn/expert_parallelism.h"
 
@@ -19,8 +25,8 @@ namespace switchyard::dispatch {
 class ExpertParallel : public nn::ExpertParallelism {
  public:
   // Collective over `group`: fails on every rank, naming the ranks, when their placements
-  // differ (comm/agreement.h).
-  ExpertParallel(comm::Communicator group, ExpertPlacement placement);
+  // or speculation options differ (comm/agreement.h).
+  ExpertParallel(comm::Communicator group, ExpertPlacement placement, SpeculationOptions speculation = {});
 
   int64_t num_experts() const override { return dispatcher_.placement().num_experts(); }
   std::vector<int64_t> local_experts() const override;
@@ -30,14 +36,28 @@ class ExpertParallel : public nn::ExpertParallelism {
   // Live re-placement (csrc/switchyard/placement/live_placement.h): route through `placement`
   // from the next forward on. Collective over the group: the ranks must pass the same map
   // (checked, like the constructor). The caller moves the experts' weights to match.
+  // Forgets the capacity history: counts per peer mean nothing under a new map.
   void set_placement(ExpertPlacement placement);
+
+  // Collective (checked like the placement); forgets the capacity history.
+  void set_speculation(SpeculationOptions speculation);
+  const SpeculationOptions& speculation() const { return speculation_; }
+  const SpeculationCounters& counters() const { return counters_; }
+  void reset_counters() { counters_ = {}; }
 
   const TokenDispatcher& dispatcher() const { return dispatcher_; }
   const std::optional<DispatchStats>& last_stats() const { return last_stats_; }
+  // Rows sent to / received from each rank in the latest forward (empty before the first).
+  const std::vector<int64_t>& last_send_splits() const { return last_send_splits_; }
+  const std::vector<int64_t>& last_recv_splits() const { return last_recv_splits_; }
 
  private:
   TokenDispatcher dispatcher_;
+  SpeculationOptions speculation_;
+  CapacityPredictor predictor_;
+  SpeculationCounters counters_;
   std::optional<DispatchStats> last_stats_;
+  std::vector<int64_t> last_send_splits_, last_recv_splits_;
 };
 
 }  // namespace switchyard::dispatch

@@ -6,6 +6,7 @@
 #include <numeric>
 
 #include "switchyard/dispatch/all_to_all_autograd.h"
+#include "switchyard/dispatch/capacity_exchange.h"
 #include "switchyard/ops/permute.h"
 #include "switchyard/ops/routing.h"
 
@@ -16,16 +17,7 @@ int64_t sum(const std::vector<int64_t>& v) { return std::accumulate(v.begin(), v
 
 }  // namespace
 
-at::Tensor kept_slots(const ops::Routing& routing) {
-  const int64_t T = routing.topk_experts.size(0), K = routing.topk_experts.size(1);
-  // Tail slots (dropped, null, zero-computation) scatter into a spare entry at T*K: no
-  // boolean indexing, so no host synchronisation.
-  const at::Tensor idx =
-      at::where(routing.expert_index >= 0, routing.slot_index, routing.slot_index.new_full({}, T * K));
-  at::Tensor kept = at::zeros({T * K + 1}, routing.slot_index.options().dtype(at::kBool));
-  kept.index_fill_(0, idx, true);
-  return kept.narrow(0, 0, T * K).view({T, K});
-}
+at::Tensor kept_slots(const ops::Routing& routing) { return ops::kept_slot_mask(routing); }
 
 TokenDispatcher::TokenDispatcher(comm::Communicator group, ExpertPlacement placement)
     : group_(std::move(group)), placement_(std::move(placement)) {
@@ -74,7 +66,8 @@ void TokenDispatcher::exchange_counts(const DispatchPlan& plan, std::vector<int6
   }
 }
 
-DispatchResult TokenDispatcher::dispatch(const at::Tensor& x_Td, const ops::Routing& routing) const {
+DispatchResult TokenDispatcher::dispatch(const at::Tensor& x_Td, const ops::Routing& routing,
+                                         const PairCapacities* capacities) const {
   const at::Tensor& topk = routing.topk_experts;
   TORCH_CHECK_VALUE(x_Td.dim() == 2, "TokenDispatcher.dispatch: expected x of shape [T, d], got ",
                     x_Td.sizes());
@@ -92,33 +85,65 @@ DispatchResult TokenDispatcher::dispatch(const at::Tensor& x_Td, const ops::Rout
 
   // 1. plan
   const DispatchPlan p = plan(topk, kept_slots(routing));
-  // 2. counts (the one host synchronisation)
   auto h = std::make_shared<DispatchHandle>();
-  std::vector<int64_t> send_slots, recv_slots;
-  exchange_counts(p, h->send_splits, h->recv_splits, send_slots, recv_slots);
-  const int64_t N = sum(h->send_splits), M = sum(h->recv_splits), S = sum(recv_slots);
   h->num_tokens = T;
   h->num_local_experts = L;
+  std::vector<int64_t> send_slots, recv_slots;
+  at::Tensor recv_ids, recv_x, recv_w;  // [M,K], [M,d], [M,K]
+  DispatchStats& st = h->stats;
+  const int64_t row_bytes = x_Td.size(1) * x_Td.element_size();
+  const int64_t id_bytes = 8, w_bytes = routing.topk_weights.element_size();
+  if (capacities != nullptr) {
+    // 2+3. speculative capacity: one exchange, counts in the headers.
+    CapacityExchangeResult ex = capacity_exchange(group_, p, x_Td, routing.topk_weights, *capacities);
+    h->send_splits = std::move(ex.send_rows);
+    h->recv_splits = std::move(ex.recv_rows);
+    send_slots = std::move(ex.send_slots);
+    recv_slots = std::move(ex.recv_slots);
+    h->send_rank = ex.send_rank;
+    h->send_token_index = ex.send_token_index;
+    recv_ids = ex.recv_ids_MK;
+    recv_x = ex.recv_x_Md;
+    recv_w = ex.recv_w_MK;
+    st.speculative = 1;
+    st.collectives = ex.collectives;
+    st.host_syncs = 1;
+    st.host_syncs_before_payload = 0;
+    st.bytes_moved = ex.bytes_sent;
+    st.padding_bytes = ex.padding_bytes;
+    st.second_round = ex.second_round ? 1 : 0;
+    st.overflow_rows_sent = ex.overflow_rows_sent;
+    st.overflow_rows_received = ex.overflow_rows_received;
+  } else {
+    // 2. counts (the one host synchronisation)
+    exchange_counts(p, h->send_splits, h->recv_splits, send_slots, recv_slots);
+    const int64_t N = sum(h->send_splits);
+    // Send rows in (rank, token) order: nonzero of the transposed presence, sized by the
+    // counts already on the host (nonzero_static: no second synchronisation).
+    const at::Tensor rt = at::nonzero_static(p.present_TR.t(), N, -1);
+    h->send_rank = rt.select(1, 0).contiguous();
+    h->send_token_index = rt.select(1, 1).contiguous();
+    const at::Tensor mine =  // [N,K]: slot j of the row's token goes to the row's rank
+        p.dest_TK.index_select(0, h->send_token_index) == h->send_rank.unsqueeze(1);
+    const at::Tensor send_ids = at::where(mine, p.local_id_TK.index_select(0, h->send_token_index), -1);
+    const at::Tensor send_w = at::where(
+        mine, routing.topk_weights.index_select(0, h->send_token_index), 0.0);
+    const at::Tensor send_x = x_Td.index_select(0, h->send_token_index);
 
-  // Send rows in (rank, token) order: nonzero of the transposed presence, sized by the
-  // counts already on the host (nonzero_static: no second synchronisation).
-  const at::Tensor rt = at::nonzero_static(p.present_TR.t(), N, -1);
-  h->send_rank = rt.select(1, 0).contiguous();
-  h->send_token_index = rt.select(1, 1).contiguous();
-  const at::Tensor mine =  // [N,K]: slot j of the row's token goes to the row's rank
-      p.dest_TK.index_select(0, h->send_token_index) == h->send_rank.unsqueeze(1);
-  const at::Tensor send_ids = at::where(mine, p.local_id_TK.index_select(0, h->send_token_index), -1);
-  const at::Tensor send_w = at::where(
-      mine, routing.topk_weights.index_select(0, h->send_token_index), 0.0);
-  const at::Tensor send_x = x_Td.index_select(0, h->send_token_index);
-
-  // 3. exchange
-  comm::Communicator group = group_;
-  const at::Tensor recv_ids = group.all_to_all_v(send_ids.contiguous(), h->send_splits, h->recv_splits);
-  const std::vector<at::Tensor> recv =
-      all_to_all_v_autograd(group_, {send_x, send_w}, h->send_splits, h->recv_splits);
-  const at::Tensor& recv_x = recv[0];  // [M,d]
-  const at::Tensor& recv_w = recv[1];  // [M,K]
+    // 3. exchange
+    comm::Communicator group = group_;
+    recv_ids = group.all_to_all_v(send_ids.contiguous(), h->send_splits, h->recv_splits);
+    const std::vector<at::Tensor> recv =
+        all_to_all_v_autograd(group_, {send_x, send_w}, h->send_splits, h->recv_splits);
+    recv_x = recv[0];
+    recv_w = recv[1];
+    st.collectives = 4;  // counts, ids, rows, weights
+    st.host_syncs = 1;
+    st.host_syncs_before_payload = 1;
+    const int64_t remote_rows = N - h->send_splits[me];
+    st.bytes_moved = (R - 1) * 2 * id_bytes + remote_rows * (row_bytes + K * (id_bytes + w_bytes));
+  }
+  const int64_t N = sum(h->send_splits), M = sum(h->recv_splits), S = sum(recv_slots);
 
   // 4. regroup: the S used slots of the M*K, stable-sorted by local expert (rows ascending
   // within an expert: source rank, then token).
@@ -132,20 +157,17 @@ DispatchResult TokenDispatcher::dispatch(const at::Tensor& x_Td, const ops::Rout
   h->local_counts.index_add_(0, h->slot_expert, at::ones_like(h->slot_expert));
 
   // Statistics (host integers only).
-  DispatchStats& st = h->stats;
   st.rows_sent = N;
   st.slots_sent = sum(send_slots);
   st.remote_rows_sent = N - h->send_splits[me];
   st.remote_slots_sent = st.slots_sent - send_slots[me];
   st.rows_received = M;
   st.slots_received = S;
-  const int64_t row_bytes = x_Td.size(1) * x_Td.element_size();
-  const int64_t id_bytes = 8, w_bytes = routing.topk_weights.element_size();
   st.bytes_dispatched = st.remote_rows_sent * (row_bytes + K * (id_bytes + w_bytes));
   st.bytes_dispatched_without_dedup = st.remote_slots_sent * (row_bytes + id_bytes + w_bytes);
   st.bytes_combined = st.remote_rows_sent * row_bytes;
   st.bytes_combined_without_dedup = st.remote_slots_sent * row_bytes;
-  (void)R;
+  st.bytes_combine_sent = (M - h->recv_splits[me]) * row_bytes;
 
   DispatchResult result;
   result.expert_rows = ops::permute_tokens(recv_x, h->slot_row, h->slot_expert);

@@ -2,7 +2,7 @@
 // and brings the experts' outputs back, over the expert-parallel group. docs/dispatch.md
 // is the design page.
 //
-//   dispatch(x_Td, routing)
+//   dispatch(x_Td, routing[, capacities])
 //     1. plan      (local)   one send row per (token, destination rank) holding at least
 //                            one of the token's kept experts; rows ordered by (rank,
 //                            token). Each row carries a [K] vector of destination-local
@@ -19,6 +19,11 @@
 //                            one partial row per (token, rank) again.
 //     6. exchange  (comm)    reverse all_to_all_v of the partial rows.
 //     7. sum       (local)   y[t] = sum of t's partial rows in ascending rank order.
+//
+// With `capacities` (speculative capacity, Note [Speculative capacity] in
+// capacity_exchange.h), steps 2 and 3 become one all_to_all_v of packed rows sized from
+// the predicted counts, with the true counts in a header, plus a point-to-point second
+// round only for the pairs whose prediction fell short. The result is bitwise the same.
 //
 // Note [Deduplication]
 // A token with several experts on one rank travels there once, in both directions: the
@@ -44,6 +49,7 @@
 
 #include "switchyard/comm/communicator.h"
 #include "switchyard/dispatch/expert_placement.h"
+#include "switchyard/dispatch/speculation.h"
 
 namespace switchyard::ops {
 struct Routing;
@@ -61,6 +67,17 @@ struct DispatchStats {
   int64_t rows_received = 0, slots_received = 0;
   int64_t bytes_dispatched = 0, bytes_dispatched_without_dedup = 0;  // remote only
   int64_t bytes_combined = 0, bytes_combined_without_dedup = 0;      // remote only
+  // What the exchange cost (docs/speculation.md). Collectives: all_to_all_v calls of the
+  // dispatch (exact path: counts, ids, rows, weights = 4; speculative: 1); host_syncs: the
+  // host reads of counts (1 either way), of which before the payload moved (exact: 1,
+  // speculative: 0). bytes_moved: remote bytes this rank sent in the dispatch -- counts,
+  // headers, padding and overflow included; padding_bytes: headers and unused capacity.
+  // bytes_combine_sent: remote bytes this rank sends back in combine.
+  int64_t collectives = 0, host_syncs = 0, host_syncs_before_payload = 0;
+  int64_t bytes_moved = 0, padding_bytes = 0, bytes_combine_sent = 0;
+  int64_t speculative = 0;    // 1 when the capacity path ran
+  int64_t second_round = 0;   // 1 when this rank sent or received overflow rows
+  int64_t overflow_rows_sent = 0, overflow_rows_received = 0;
 };
 
 // Step 1's result: the send plan of this rank, on the tokens' device.
@@ -100,7 +117,10 @@ class TokenDispatcher {
   // x_Td [T,d]; routing from route_topk over this layer's logits: topk_experts [T,K] global
   // ids (ids >= E -- null / zero-computation experts -- never travel), topk_weights [T,K];
   // its grouped arrays say which slots were kept (capacity drops never travel).
-  DispatchResult dispatch(const at::Tensor& x_Td, const ops::Routing& routing) const;
+  // capacities (optional): speculative capacity per pair; every rank of the group must
+  // pass them or none, with send[r] on rank s equal to recv[s] on rank r.
+  DispatchResult dispatch(const at::Tensor& x_Td, const ops::Routing& routing,
+                          const PairCapacities* capacities = nullptr) const;
 
   // expert_rows_Sd: the experts' output for dispatch's expert_rows -> y [T,d].
   at::Tensor combine(const DispatchHandle& handle, const at::Tensor& expert_rows_Sd) const;

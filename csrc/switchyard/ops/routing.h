@@ -86,8 +86,8 @@ Routing expert_choice_as_routing(const ExpertChoiceRouting& r, int64_t num_token
 
 // kept_TK [T,K] bool: which slots of topk_experts the grouped arrays run (slot_index where
 // expert_index >= 0) -- false for capacity-dropped slots and for null / zero-computation
-// experts. No host synchronisation. Used by the MoE layer's routing observer (the
-// routing statistics); dispatch::kept_slots computes the same mask.
+// experts. No host synchronisation. Used by the dispatcher (dispatch::kept_slots) and by
+// the MoE layer's routing observer (the routing statistics).
 at::Tensor kept_slot_mask(const Routing& routing);
 
 }  // namespace switchyard::ops

@@ -89,6 +89,15 @@ void bind_comm(py::module_& m) {
            },
            py::arg("send"), py::arg("send_splits"), py::arg("recv_splits"), py::arg("out") = py::none(),
            py::arg("async_op") = false)
+      .def("send_recv",
+           [](Communicator& self, const at::Tensor& send, std::vector<int64_t> send_splits,
+              std::vector<int64_t> recv_splits, std::optional<at::Tensor> out, bool async_op) -> py::object {
+             if (async_op) return released_object([&] { return self.send_recv_async(send, send_splits, recv_splits, or_undefined(out)); });
+             return released_object([&] { return self.send_recv(send, send_splits, recv_splits, or_undefined(out)); });
+           },
+           py::arg("send"), py::arg("send_splits"), py::arg("recv_splits"), py::arg("out") = py::none(),
+           py::arg("async_op") = false,
+           "Point-to-point, not collective: only pairs with non-zero splits exchange rows.")
       .def("all_gather",
            [](Communicator& self, const at::Tensor& input, std::optional<at::Tensor> out, bool async_op) -> py::object {
              if (async_op) return released_object([&] { return self.all_gather_async(input, or_undefined(out)); });

@@ -30,8 +30,21 @@ py::dict stats_dict(const dispatch::DispatchStats& s) {
   SY_STAT(rows_sent) SY_STAT(slots_sent) SY_STAT(remote_rows_sent) SY_STAT(remote_slots_sent)
   SY_STAT(rows_received) SY_STAT(slots_received) SY_STAT(bytes_dispatched)
   SY_STAT(bytes_dispatched_without_dedup) SY_STAT(bytes_combined)
-  SY_STAT(bytes_combined_without_dedup)
+  SY_STAT(bytes_combined_without_dedup) SY_STAT(collectives) SY_STAT(host_syncs)
+  SY_STAT(host_syncs_before_payload) SY_STAT(bytes_moved) SY_STAT(padding_bytes)
+  SY_STAT(bytes_combine_sent) SY_STAT(speculative) SY_STAT(second_round)
+  SY_STAT(overflow_rows_sent) SY_STAT(overflow_rows_received)
 #undef SY_STAT
+  return d;
+}
+
+py::dict counters_dict(const dispatch::SpeculationCounters& c) {
+  py::dict d;
+#define SY_COUNT(name) d[#name] = c.name;
+  SY_COUNT(dispatches) SY_COUNT(speculative_dispatches) SY_COUNT(collectives) SY_COUNT(host_syncs)
+  SY_COUNT(host_syncs_before_payload) SY_COUNT(bytes_moved) SY_COUNT(padding_bytes)
+  SY_COUNT(second_rounds) SY_COUNT(overflow_rows_sent) SY_COUNT(overflow_rows_received)
+#undef SY_COUNT
   return d;
 }
 
@@ -72,15 +85,52 @@ void bind_dispatch(py::module_& m) {
       .def("__eq__", [](const ExpertPlacement& a, const ExpertPlacement& b) { return a == b; })
       .def("__repr__", &ExpertPlacement::to_string);
 
+  using dispatch::SpeculationOptions;
+  py::class_<SpeculationOptions>(d, "SpeculationOptions",
+                                 "The speculation: config section (docs/speculation.md).")
+      .def(py::init([](bool capacity, double margin) {
+             SpeculationOptions o;
+             o.capacity = capacity;
+             o.capacity_margin = margin;
+             translating([&] { o.validate(); return 0; });
+             return o;
+           }),
+           py::arg("capacity") = SpeculationOptions{}.capacity,
+           py::arg("capacity_margin") = SpeculationOptions{}.capacity_margin)
+      .def_static("from_config", [](const config::Config& c) {
+             return translating([&] { return dispatch::speculation_options_from_config(c); });
+           }, py::arg("config"))
+      .def_readwrite("capacity", &SpeculationOptions::capacity)
+      .def_readwrite("capacity_margin", &SpeculationOptions::capacity_margin)
+      .def("__repr__", [](const SpeculationOptions& o) { return "SpeculationOptions(" + o.to_string() + ")"; });
+
   py::class_<ExpertParallel, nn::ExpertParallelism, std::shared_ptr<ExpertParallel>>(
       d, "ExpertParallel",
       "Runs an MoELayer's routed experts over an expert-parallel group (all-to-all dispatch).")
-      .def(py::init([](comm::Communicator group, ExpertPlacement placement) {
-             return translating([&] {
-               return std::make_shared<ExpertParallel>(std::move(group), std::move(placement));
+      .def(py::init([](comm::Communicator group, ExpertPlacement placement,
+                       std::optional<SpeculationOptions> speculation) {
+             return released([&] {
+               return std::make_shared<ExpertParallel>(std::move(group), std::move(placement),
+                                                       speculation.value_or(SpeculationOptions{}));
              });
            }),
-           py::arg("group"), py::arg("placement"))
+           py::arg("group"), py::arg("placement"), py::arg("speculation") = py::none())
+      .def_property("speculation", &ExpertParallel::speculation,
+                    [](ExpertParallel& e, SpeculationOptions o) {
+                      released([&] { e.set_speculation(o); return 0; });
+                    },
+                    "SpeculationOptions; setting it is collective over the group and forgets the "
+                    "capacity history.")
+      .def_property_readonly("counters", [](const ExpertParallel& e) { return counters_dict(e.counters()); },
+                             "Cumulative SpeculationCounters of this rank's forwards, as a dict.")
+      .def("reset_counters", &ExpertParallel::reset_counters)
+      .def_property_readonly("last_splits", [](const ExpertParallel& e) {
+             return py::make_tuple(e.last_send_splits(), e.last_recv_splits());
+           }, "(rows sent to each rank, rows received from each rank) in the latest forward.")
+      .def("set_placement", [](ExpertParallel& e, ExpertPlacement p) {
+             released([&] { e.set_placement(std::move(p)); return 0; });
+           }, py::arg("placement"),
+           "Route through a new placement from the next forward (collective; forgets the capacity history).")
       .def_property_readonly("placement", [](const ExpertParallel& e) { return e.dispatcher().placement(); })
       .def_property_readonly("last_stats", [](const ExpertParallel& e) -> py::object {
         if (!e.last_stats()) return py::none();
@@ -102,14 +152,20 @@ void bind_dispatch(py::module_& m) {
            }),
            py::arg("group"), py::arg("placement"))
       .def("dispatch",
-           [](const TokenDispatcher& self, const at::Tensor& x, const py::sequence& routing) {
+           [](const TokenDispatcher& self, const at::Tensor& x, const py::sequence& routing,
+              std::optional<std::pair<std::vector<int64_t>, std::vector<int64_t>>> capacities) {
              const ops::Routing r = to_routing(routing);
-             dispatch::DispatchResult res = translating([&] { return self.dispatch(x, r); });
+             std::optional<dispatch::PairCapacities> caps;
+             if (capacities) caps = dispatch::PairCapacities{capacities->first, capacities->second};
+             dispatch::DispatchResult res =
+                 translating([&] { return self.dispatch(x, r, caps ? &*caps : nullptr); });
              return py::make_tuple(std::const_pointer_cast<DispatchHandle>(res.handle),
                                    res.expert_rows, res.local_counts);
            },
-           py::arg("x"), py::arg("routing"),
-           "-> (handle, expert_rows grouped by local expert, local_counts). Collective.")
+           py::arg("x"), py::arg("routing"), py::arg("capacities") = py::none(),
+           "-> (handle, expert_rows grouped by local expert, local_counts). Collective. "
+           "capacities: (send [R], recv [R]) rows per pair for the speculative-capacity path "
+           "(send[r] on rank s must equal recv[s] on rank r); None: the exact path.")
       .def("combine",
            [](const TokenDispatcher& self, const DispatchHandle& h, const at::Tensor& rows) {
              return translating([&] { return self.combine(h, rows); });

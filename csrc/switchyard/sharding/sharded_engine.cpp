@@ -99,7 +99,7 @@ void ShardedEngine::parallelize_experts() {
                       " experts, fewer than parallel.expert_parallel = ", EP,
                       " ranks to place them on");
     layer->enable_expert_parallel(std::make_shared<dispatch::ExpertParallel>(
-        groups_.expert_parallel, dispatch::ExpertPlacement::contiguous(E, EP)));
+        groups_.expert_parallel, dispatch::ExpertPlacement::contiguous(E, EP), options_.speculation));
   }
 }
 

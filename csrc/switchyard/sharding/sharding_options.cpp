@@ -52,6 +52,7 @@ ShardingOptions sharding_options_from_config(const config::Config& config) {
   o.reduce_precision = t.reduce_precision;
   o.loss_scale = t.loss_scale;
   o.prefetch = config.parallel.prefetch;
+  o.speculation = dispatch::speculation_options_from_config(config);
   o.validate();
   return o;
 }

@@ -7,6 +7,8 @@
 #include <cstdint>
 #include <string>
 
+#include "switchyard/dispatch/speculation.h"
+
 namespace switchyard::config {
 struct Config;
 }
@@ -23,6 +25,7 @@ struct ShardingOptions {
   std::string reduce_precision = "fp32";  // fp32 | compute: dtype of gradient reductions
   double loss_scale = 0.0;        // fp16 only: 0 = dynamic (2^16, halved on overflow), > 0 static
   bool prefetch = true;           // overlap: gather the next unit early, keep one reduce-scatter in flight
+  dispatch::SpeculationOptions speculation;  // speculation: section, for the MoE layers' dispatchers
 
   // Compute dtype of parameters and activations.
   at::ScalarType compute_dtype() const;
