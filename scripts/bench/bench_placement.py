@@ -18,7 +18,12 @@ The solver's traffic weights come from the same model: one token sent inside a n
 2 * bytes / beta_intra of all-to-all time (dispatch and combine), expressed in straggler
 tokens and divided by R; node_factor = beta_intra / beta_inter. Usage:
 
-  python scripts/bench/bench_placement.py [--time-limit 1.0] [--seed 0] [--only solver|projection]
+  python scripts/bench/bench_placement.py [--time-limit 1.0] [--seed 0] [--only solver|projection|trace]
+                                         [--trace RUN/routing.trace ...]
+
+--trace adds instances from routing traces recorded by real training runs
+(placement.trace_path, docs/routing_trace.md): one per MoE layer, per-step loads and traffic,
+slots = ceil(E / R) as at runtime.
 
 Prints markdown tables; ratios are to contiguous placement of the same instance.
 """
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import random
+from pathlib import Path
 
 from switchyard import placement
 
@@ -52,43 +58,73 @@ def instance(E, R, alpha, seed, tokens_per_expert=4096):
     return loads, traffic
 
 
-def solver_table(args) -> None:
+def table_header() -> None:
     print("| instance | terms | method | max/mean load | cross-rank tokens | objective | obj / contiguous "
           "| copies | solve s | gap | status |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
+
+
+def instance_rows(label, loads, traffic, R, slots, args, ranks_per_node=8) -> None:
+    """One table row per method for one instance, with and without the traffic term."""
+    E = len(loads)
+    for terms in ("load", "load+traffic"):
+        kw = dict(ranks_per_node=ranks_per_node, node_factor=4.0, traffic_weight=1.0 / R)
+        t = traffic if terms == "load+traffic" else None
+
+        def cost(hosts, shares):
+            return placement.evaluate_replicated(hosts, shares, loads, R, slots, traffic, **kw)
+
+        rows = [("contiguous", cost(*placement.single_host(placement.contiguous(loads, R, slots))), None, E)]
+        g = placement.greedy(loads, R, slots, t, **kw)
+        rows.append(("greedy (LPT)", cost(*placement.single_host(g)), None, E))
+        r = placement.solve(loads, R, slots, t, time_limit=args.time_limit, **kw)
+        rows.append(("ILP (GLPK)", cost(*placement.single_host(r["placement"])), r, E))
+        if slots * R > E:  # replicas need free slots
+            gh, gs = placement.greedy_replicated(loads, R, slots, t, replica_budget=R, **kw)
+            rows.append((f"greedy + replicas ({R})", cost(gh, gs), None, sum(len(h) for h in gh)))
+            rr = placement.solve_replicated(loads, R, slots, t, replica_budget=R, time_limit=args.time_limit, **kw)
+            rows.append((f"ILP + replicas ({R})", cost(rr["hosts"], rr["shares"]), rr, rr["copies"]))
+        obj0 = None
+        for name, c, res, copies in rows:
+            # The objective of the instance solved (without traffic: max load only).
+            obj = c["max_load"] + (c["traffic_cost"] if t is not None else 0.0)
+            obj0 = obj if obj0 is None else obj0
+            solve = f"{res['seconds']:.3f}" if res else "-"
+            gap = f"{100 * res['gap']:.2f}%" if res else "-"
+            status = res["status"] if res else "-"
+            print(f"| {label} | {terms} | {name} | {c['imbalance']:.3f} | "
+                  f"{c['cross_rank_tokens'] / sum(loads):.3f} | {obj:.0f} | {obj / obj0:.3f} | {copies} | "
+                  f"{solve} | {gap} | {status} |")
+
+
+def solver_table(args) -> None:
+    table_header()
     for E, R in ((64, 8), (256, 32)):
         for alpha in (0.8, 1.2):
             loads, traffic = instance(E, R, alpha, args.seed)
-            slots = (5 * E) // (4 * R)
-            for terms in ("load", "load+traffic"):
-                kw = dict(ranks_per_node=8, node_factor=4.0, traffic_weight=1.0 / R)
-                t = traffic if terms == "load+traffic" else None
-
-                def cost(hosts, shares):
-                    return placement.evaluate_replicated(hosts, shares, loads, R, slots, traffic, **kw)
-
-                rows = [("contiguous", cost(*placement.single_host(placement.contiguous(loads, R, slots))), None, E)]
-                g = placement.greedy(loads, R, slots, t, **kw)
-                rows.append(("greedy (LPT)", cost(*placement.single_host(g)), None, E))
-                r = placement.solve(loads, R, slots, t, time_limit=args.time_limit, **kw)
-                rows.append(("ILP (GLPK)", cost(*placement.single_host(r["placement"])), r, E))
-                gh, gs = placement.greedy_replicated(loads, R, slots, t, replica_budget=R, **kw)
-                rows.append((f"greedy + replicas ({R})", cost(gh, gs), None, sum(len(h) for h in gh)))
-                rr = placement.solve_replicated(loads, R, slots, t, replica_budget=R, time_limit=args.time_limit, **kw)
-                rows.append((f"ILP + replicas ({R})", cost(rr["hosts"], rr["shares"]), rr, rr["copies"]))
-                obj0 = None
-                for name, c, res, copies in rows:
-                    # The objective of the instance solved (without traffic: max load only).
-                    obj = c["max_load"] + (c["traffic_cost"] if t is not None else 0.0)
-                    obj0 = obj if obj0 is None else obj0
-                    solve = f"{res['seconds']:.3f}" if res else "-"
-                    gap = f"{100 * res['gap']:.2f}%" if res else "-"
-                    status = res["status"] if res else "-"
-                    print(f"| {E}x{R} Zipf {alpha} | {terms} | {name} | {c['imbalance']:.3f} | "
-                          f"{c['cross_rank_tokens'] / sum(loads):.3f} | {obj:.0f} | {obj / obj0:.3f} | {copies} | "
-                          f"{solve} | {gap} | {status} |")
+            instance_rows(f"{E}x{R} Zipf {alpha}", loads, traffic, R, (5 * E) // (4 * R), args)
     print("\ncross-rank tokens: fraction of all routed tokens that leave their source rank; copies: expert "
           "copies held (E without replicas).")
+
+
+def trace_table(args) -> None:
+    """Instances from routing traces of real runs (python -m switchyard.trace): per MoE layer,
+    the per-step moving-average load and the per-step traffic; slots = ceil(E / R), the
+    runtime's default (no rank holds more experts than under the contiguous placement)."""
+    from switchyard import trace as routing_trace
+
+    table_header()
+    for path in args.trace:
+        t = routing_trace.load(path)
+        stats = t.statistics
+        for layer in range(stats.num_layers()):
+            p = stats.placement_problem(layer)
+            loads, R = list(p["load"]) if isinstance(p, dict) else list(p.load), stats.num_source_ranks()
+            flat = list(p["traffic"]) if isinstance(p, dict) else list(p.traffic)
+            E = len(loads)
+            traffic = [flat[s * E:(s + 1) * E] for s in range(R)]
+            label = f"{Path(path).parent.name} layer {layer} ({E}x{R})"
+            instance_rows(label, loads, traffic, R, -(-E // R), args, ranks_per_node=0)
 
 
 def projection_table(args) -> None:
@@ -134,14 +170,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--time-limit", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--only", choices=("solver", "projection"))
+    ap.add_argument("--only", choices=("solver", "projection", "trace"))
+    ap.add_argument("--trace", nargs="*", default=[], help="routing trace files of real runs (docs/routing_trace.md)")
     args = ap.parse_args()
-    if args.only != "projection":
+    if args.only in (None, "solver"):
         solver_table(args)
-    if args.only != "solver":
+    if args.only in (None, "projection"):
         if args.only is None:
             print()
         projection_table(args)
+    if args.trace and args.only in (None, "trace"):
+        print()
+        trace_table(args)
 
 
 if __name__ == "__main__":
