@@ -117,9 +117,9 @@ def trace_table(args) -> None:
     for path in args.trace:
         t = routing_trace.load(path)
         stats = t.statistics
-        for layer in range(stats.num_layers()):
+        for layer in range(stats.num_layers):
             p = stats.placement_problem(layer)
-            loads, R = list(p["load"]) if isinstance(p, dict) else list(p.load), stats.num_source_ranks()
+            loads, R = list(p["load"]) if isinstance(p, dict) else list(p.load), stats.num_source_ranks
             flat = list(p["traffic"]) if isinstance(p, dict) else list(p.traffic)
             E = len(loads)
             traffic = [flat[s * E:(s + 1) * E] for s in range(R)]
