@@ -97,6 +97,54 @@ def instance_rows(label, loads, traffic, R, slots, args, ranks_per_node=8) -> No
                   f"{solve} | {gap} | {status} |")
 
 
+def same_rank_pairs(rank_of, coact, E) -> float:
+    """Co-activation count of the expert pairs that share a rank (each pair once)."""
+    return sum(coact[e * E + f] for e in range(E) for f in range(e + 1, E) if rank_of[e] == rank_of[f])
+
+
+def grouping_table(args) -> None:
+    """Speculative expert grouping (issue I, docs/speculation.md): a placement that puts
+    co-activated experts on one rank lets the dispatcher's deduplication send a token there
+    once. For top-2 routing the count is exact: a token whose two experts share a rank is one
+    (token, rank) row instead of two, so rows = 2 T - (co-activated pairs on one rank)."""
+    from switchyard import trace as routing_trace
+
+    print("| trace layer | placement | max/mean load | rows per token (top-2) | rows / contiguous | solve s |")
+    print("|---|---|---|---|---|---|")
+    for path in args.trace:
+        stats = routing_trace.load(path).statistics
+        for layer in range(stats.num_layers):
+            info = stats.layer_info[layer] if layer < len(stats.layer_info) else {}
+            if info.get("top_k", 2) != 2:
+                continue
+            p = stats.placement_problem(layer)
+            loads, coact, R = list(p.load), list(p.coactivation), stats.num_source_ranks
+            E = len(loads)
+            tokens = sum(loads) / 2  # per step; each token has two kept slots
+            slots = -(-E // R)
+            # Rewarding a shared rank by one straggler token per row saved (x2: dispatch and
+            # combine), divided by R like the traffic term: sends run in parallel on all ranks.
+            weight = 2.0 / R
+            candidates = [("contiguous", placement.contiguous(loads, R, slots), None),
+                          ("ILP, load only", None, dict()),
+                          (f"ILP, load + co-activation (weight {weight:g})", None,
+                           dict(coactivation_weight=weight))]
+            base = None
+            for name, ranks, kw in candidates:
+                res = None
+                if ranks is None:
+                    matrix = [coact[e * E:(e + 1) * E] for e in range(E)]
+                    res = placement.solve(loads, R, slots, None, matrix if kw else None,
+                                          time_limit=args.time_limit, **kw)
+                    ranks = res["placement"]
+                c = placement.evaluate(ranks, loads, R, slots)
+                rows = (2 * tokens - same_rank_pairs(ranks, coact, E)) / tokens
+                base = rows if base is None else base
+                solve = f"{res['seconds']:.3f}" if res else "-"
+                print(f"| {Path(path).parent.name} {layer} ({E}x{R}) | {name} | {c['imbalance']:.3f} | {rows:.3f} | "
+                      f"{rows / base:.3f} | {solve} |")
+
+
 def solver_table(args) -> None:
     table_header()
     for E, R in ((64, 8), (256, 32)):
@@ -182,6 +230,8 @@ def main() -> None:
     if args.trace and args.only in (None, "trace"):
         print()
         trace_table(args)
+        print()
+        grouping_table(args)
 
 
 if __name__ == "__main__":
