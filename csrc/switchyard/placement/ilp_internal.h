@@ -65,6 +65,18 @@ inline void on_tree_event(glp_tree* tree, void* info) {
   if (best != 0) state->bound = std::max(state->bound, glp_ios_node_bound(tree, best));
 }
 
+// The constraint matrix as GLPK's 1-based (row, column, value) triplets.
+struct Triplets {
+  std::vector<int> ia{0}, ja{0};
+  std::vector<double> ar{0.0};
+  void put(int row, int col, double v) {
+    ia.push_back(row);
+    ja.push_back(col);
+    ar.push_back(v);
+  }
+  void load_into(glp_prob* m) { glp_load_matrix(m, static_cast<int>(ia.size() - 1), ia.data(), ja.data(), ar.data()); }
+};
+
 struct ProbDeleter {
   void operator()(glp_prob* p) const { glp_delete_prob(p); }
 };

@@ -17,6 +17,7 @@ using detail::CallbackState;
 using detail::Clock;
 using detail::Pair;
 using detail::ProbDeleter;
+using detail::Triplets;
 
 namespace {
 
@@ -63,8 +64,7 @@ ReplicatedPlacement best_shares(const PlacementProblem& problem, const Replicate
   glp_set_obj_dir(m, GLP_MIN);
   glp_add_cols(m, static_cast<int>(N + 1));
   glp_add_rows(m, static_cast<int>(E + R));
-  std::vector<int> ia{0}, ja{0};
-  std::vector<double> ar{0.0};
+  Triplets a;
   for (int64_t e = 0; e < E; ++e) {
     glp_set_row_bnds(m, static_cast<int>(1 + e), GLP_FX, 1.0, 1.0);
     for (int64_t i = first[e]; i < first[e + 1]; ++i) {
@@ -72,19 +72,17 @@ ReplicatedPlacement best_shares(const PlacementProblem& problem, const Replicate
       const int64_t r = p.hosts[e][i - first[e]];
       glp_set_col_bnds(m, col, GLP_DB, 0.0, 1.0);
       glp_set_obj_coef(m, col, cost[e][r]);
-      ia.push_back(static_cast<int>(1 + e)), ja.push_back(col), ar.push_back(1.0);
-      if (problem.load[e] != 0.0) {
-        ia.push_back(static_cast<int>(1 + E + r)), ja.push_back(col), ar.push_back(problem.load[e]);
-      }
+      a.put(static_cast<int>(1 + e), col, 1.0);
+      if (problem.load[e] != 0.0) a.put(static_cast<int>(1 + E + r), col, problem.load[e]);
     }
   }
   for (int64_t r = 0; r < R; ++r) {
     glp_set_row_bnds(m, static_cast<int>(1 + E + r), GLP_UP, 0.0, 0.0);
-    ia.push_back(static_cast<int>(1 + E + r)), ja.push_back(col_L), ar.push_back(-1.0);
+    a.put(static_cast<int>(1 + E + r), col_L, -1.0);
   }
   glp_set_col_bnds(m, col_L, GLP_LO, 0.0, 0.0);
   glp_set_obj_coef(m, col_L, 1.0);
-  glp_load_matrix(m, static_cast<int>(ia.size() - 1), ia.data(), ja.data(), ar.data());
+  a.load_into(m);
   glp_smcp options;
   glp_init_smcp(&options);
   options.msg_lev = GLP_MSG_OFF;
@@ -236,13 +234,8 @@ ReplicatedSolveResult solve_replicated(const PlacementProblem& problem, const So
     glp_set_obj_coef(m, col_z(k), -problem.coactivation_weight * pairs[k].count);
   }
 
-  std::vector<int> ia{0}, ja{0};
-  std::vector<double> ar{0.0};
-  auto put = [&](int row, int col, double v) {
-    ia.push_back(row);
-    ja.push_back(col);
-    ar.push_back(v);
-  };
+  Triplets triplets;
+  auto put = [&](int row, int col, double v) { triplets.put(row, col, v); };
   const int rows_split = 1, rows_link = rows_split + static_cast<int>(E);
   const int rows_count = rows_link + static_cast<int>(E * R), rows_load = rows_count + static_cast<int>(R);
   const int row_budget = rows_load + static_cast<int>(R), rows_pair = row_budget + 1;
@@ -285,7 +278,7 @@ ReplicatedSolveResult solve_replicated(const PlacementProblem& problem, const So
       }
     }
   }
-  glp_load_matrix(m, static_cast<int>(ia.size() - 1), ia.data(), ja.data(), ar.data());
+  triplets.load_into(m);
 
   CallbackState state;
   state.warm.assign(num_cols + 1, 0.0);

@@ -17,6 +17,7 @@ using detail::CallbackState;
 using detail::Clock;
 using detail::Pair;
 using detail::ProbDeleter;
+using detail::Triplets;
 using detail::modelled_pairs_max;
 using detail::on_tree_event;
 using detail::top_pairs;
@@ -94,13 +95,8 @@ SolveResult solve(const PlacementProblem& problem, const SolveOptions& options) 
     glp_set_obj_coef(m, col_z(k), -problem.coactivation_weight * pairs[k].count);
   }
 
-  std::vector<int> ia{0}, ja{0};
-  std::vector<double> ar{0.0};
-  auto put = [&](int row, int col, double v) {
-    ia.push_back(row);
-    ja.push_back(col);
-    ar.push_back(v);
-  };
+  Triplets triplets;
+  auto put = [&](int row, int col, double v) { triplets.put(row, col, v); };
   const int rows_assign = 1, rows_count = rows_assign + static_cast<int>(E);
   const int rows_load = rows_count + static_cast<int>(R), rows_pair = rows_load + static_cast<int>(R);
   glp_add_rows(m, static_cast<int>(E + 2 * R + P * R));
@@ -132,7 +128,7 @@ SolveResult solve(const PlacementProblem& problem, const SolveOptions& options) 
       put(row, col_x(pairs[k].f, r), -1.0);
     }
   }
-  glp_load_matrix(m, static_cast<int>(ia.size() - 1), ia.data(), ja.data(), ar.data());
+  triplets.load_into(m);
 
   CallbackState state;
   state.warm.assign(num_cols + 1, 0.0);

@@ -41,6 +41,17 @@ placement::ReplicatedPlacement replicated(const PlacementProblem& pr, const std:
   return p;
 }
 
+// The fields both solvers report besides the placement and its cost.
+template <class Result>
+void add_solve_fields(py::dict& d, const Result& r) {
+  d["objective"] = r.objective;
+  d["bound"] = r.bound;
+  d["gap"] = r.gap;
+  d["seconds"] = r.seconds;
+  d["status"] = r.status;
+  d["improved_on_greedy"] = r.improved_on_greedy;
+}
+
 }  // namespace
 
 void bind_placement(py::module_& m) {
@@ -81,12 +92,7 @@ void bind_placement(py::module_& m) {
           const placement::SolveResult r = released([&] { return placement::solve(pr, o); });
           py::dict d = cost_dict(r.cost);
           d["placement"] = r.placement.rank_of_expert();
-          d["objective"] = r.objective;
-          d["bound"] = r.bound;
-          d["gap"] = r.gap;
-          d["seconds"] = r.seconds;
-          d["status"] = r.status;
-          d["improved_on_greedy"] = r.improved_on_greedy;
+          add_solve_fields(d, r);
           return d;
         },
         py::arg("problem"), py::arg("time_limit") = 1.0, py::arg("mip_gap") = 1e-6,
@@ -132,12 +138,7 @@ void bind_placement(py::module_& m) {
           d["hosts"] = r.placement.hosts;
           d["shares"] = r.placement.shares;
           d["copies"] = r.placement.num_copies();
-          d["objective"] = r.objective;
-          d["bound"] = r.bound;
-          d["gap"] = r.gap;
-          d["seconds"] = r.seconds;
-          d["status"] = r.status;
-          d["improved_on_greedy"] = r.improved_on_greedy;
+          add_solve_fields(d, r);
           return d;
         },
         py::arg("problem"), py::arg("time_limit") = 1.0, py::arg("mip_gap") = 1e-6,
