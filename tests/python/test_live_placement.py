@@ -136,3 +136,15 @@ def test_too_few_slots_is_refused_on_every_rank(run_mpi, tmp_path):
     out = run_mpi(4, *args, timeout=300)
     assert out.returncode != 0
     assert "placement.slots_per_rank = 1 gives 4 slots on 4 expert-parallel ranks" in out.stdout + out.stderr
+
+
+@pytest.mark.mpi
+def test_a_single_expert_parallel_rank_still_records_a_trace(run_mpi, tmp_path):
+    """Without expert parallelism nothing can move, but the routing can still be recorded."""
+    out = _train(run_mpi, 1, tmp_path, *EXACT, "train.micro_batch_size=4", "parallel.expert_parallel=1",
+                 "placement.trace_path=routing.trace")
+    summary = subprocess.run([sys.executable, "-m", "switchyard.trace", str(tmp_path / "routing.trace"), "--json"],
+                             capture_output=True, text=True, env=_env(), cwd=REPO_ROOT, timeout=120)
+    assert summary.returncode == 0, summary.stderr + out.stdout[-2000:]
+    facts = json.loads(summary.stdout)
+    assert facts["steps"] == 6 and facts["num_ranks"] == 1, facts
