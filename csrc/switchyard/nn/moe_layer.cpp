@@ -1,4 +1,5 @@
 #include "switchyard/nn/moe_layer.h"
+#include "switchyard/nn/topk_routing_options.h"
 
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
@@ -12,6 +13,21 @@
 #include "switchyard/ops/routing.h"
 
 namespace switchyard::nn {
+
+ops::RouteTopkOptions topk_routing_options(const MoELayerOptions& o, const at::Tensor& selection_bias) {
+  ops::RouteTopkOptions ro;
+  ro.score_func = o.score_func;
+  ro.renormalize = o.renormalize;
+  ro.scaling_factor = o.scaling_factor;
+  if (selection_bias.defined()) ro.selection_bias = selection_bias;
+  ro.num_groups = o.num_groups;
+  ro.topk_groups = o.topk_groups;
+  ro.group_score = o.group_score;
+  ro.num_routed_experts = o.num_experts;
+  ro.capacity_factor = o.capacity_factor;
+  ro.drop_policy = o.drop_policy;
+  return ro;
+}
 
 MoELayerImpl::MoELayerImpl(MoELayerOptions options) : options_(std::move(options)) {
   options_.validate();
@@ -97,18 +113,7 @@ MoEOutput MoELayerImpl::forward(const at::Tensor& x,
 
   at::Tensor y;
   if (o.router == "topk") {
-    ops::RouteTopkOptions ro;
-    ro.score_func = o.score_func;
-    ro.renormalize = o.renormalize;
-    ro.scaling_factor = o.scaling_factor;
-    if (router->selection_bias.defined()) ro.selection_bias = router->selection_bias;
-    ro.num_groups = o.num_groups;
-    ro.topk_groups = o.topk_groups;
-    ro.group_score = o.group_score;
-    ro.num_routed_experts = o.num_experts;
-    ro.capacity_factor = o.capacity_factor;
-    ro.drop_policy = o.drop_policy;
-    const ops::Routing r = ops::route_topk(logits, o.top_k, ro);
+    const ops::Routing r = ops::route_topk(logits, o.top_k, topk_routing_options(o, router->selection_bias));
     if (observe) {
       const torch::NoGradGuard no_grad;
       routing_observer_(r.topk_experts, ops::kept_slot_mask(r));

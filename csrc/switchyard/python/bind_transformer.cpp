@@ -14,7 +14,9 @@
 
 #include "switchyard/config/config.h"
 #include "switchyard/nn/moe_transformer.h"
+#include "switchyard/nn/route_prediction.h"
 #include "switchyard/python/bindings.h"
+#include "switchyard/python/translate_errors.h"
 
 namespace py = pybind11;
 
@@ -112,7 +114,25 @@ void bind_transformer(py::module_& mod) {
              return py::make_tuple(outputs, tensor_or_none(step.aux_loss), stats_dict(step.stats));
            },
            py::arg("i"), py::arg("inputs"), py::arg("input_ids"), py::arg("targets") = py::none(),
-           "Run unit i: -> (outputs, aux_loss or None, stats dict). See unit_sequence.h.");
+           "Run unit i: -> (outputs, aux_loss or None, stats dict). See unit_sequence.h.")
+      .def("predict_routes",
+           [](MoETransformerImpl& m, const at::Tensor& input_ids) {
+             const auto predictions = translating([&] { return nn::predict_routes(m, input_ids); });
+             py::list out;
+             for (const auto& p : predictions) {
+               py::dict d;
+               d["block"] = p.block;
+               d["predicted"] = p.predicted_TK;
+               d["actual"] = p.actual_TK;
+               out.append(d);
+             }
+             return out;
+           },
+           py::arg("input_ids"),
+           "Cross-layer route prediction (docs/speculation.md): per MoE block after the first "
+           "block, {'block', 'predicted', 'actual'} [T, K] expert ids -- its router applied to "
+           "the block's input with the attention skipped, against its real routing. Eval mode, "
+           "no gradients.");
 }
 
 }  // namespace switchyard::python
