@@ -114,7 +114,7 @@ class Trainer:
         self.start_step = 0
         self.resumed_from = self._resume()
         if pc.from_trace and not self.resumed_from:  # a resumed run restores the saved placement
-            self._place_from_trace(pc.from_trace, config_path)
+            self._place_from_trace(pc.from_trace)
         self.log = RunLogger(self.run_dir, enabled=self.rank == 0,
                              resume_step=self.start_step if self.resumed_from else None)
         self.log.write_facts({
@@ -180,7 +180,7 @@ class Trainer:
         self.last_checkpoint = path
         return path
 
-    def _place_from_trace(self, trace: str, config_path: Optional[str]) -> None:
+    def _place_from_trace(self, trace: str) -> None:
         """placement.from_trace: solve every layer's placement from a recorded routing trace
         and move the experts before the first step. Fails on every rank, naming the file and
         the mismatch, for a trace of another model shape. Collective."""
