@@ -97,11 +97,6 @@ def instance_rows(label, loads, traffic, R, slots, args, ranks_per_node=8) -> No
                   f"{solve} | {gap} | {status} |")
 
 
-def same_rank_pairs(rank_of, coact, E) -> float:
-    """Co-activation count of the expert pairs that share a rank (each pair once)."""
-    return sum(coact[e * E + f] for e in range(E) for f in range(e + 1, E) if rank_of[e] == rank_of[f])
-
-
 def grouping_table(args) -> None:
     """Speculative expert grouping (issue I, docs/speculation.md): a placement that puts
     co-activated experts on one rank lets the dispatcher's deduplication send a token there
@@ -129,16 +124,17 @@ def grouping_table(args) -> None:
                           ("ILP, load only", None, dict()),
                           (f"ILP, load + co-activation (weight {weight:g})", None,
                            dict(coactivation_weight=weight))]
+            matrix = [coact[e * E:(e + 1) * E] for e in range(E)]
             base = None
             for name, ranks, kw in candidates:
                 res = None
                 if ranks is None:
-                    matrix = [coact[e * E:(e + 1) * E] for e in range(E)]
                     res = placement.solve(loads, R, slots, None, matrix if kw else None,
                                           time_limit=args.time_limit, **kw)
                     ranks = res["placement"]
-                c = placement.evaluate(ranks, loads, R, slots)
-                rows = (2 * tokens - same_rank_pairs(ranks, coact, E)) / tokens
+                # With weight 1 the co-activation reward is the count of pairs sharing a rank.
+                c = placement.evaluate(ranks, loads, R, slots, None, matrix, coactivation_weight=1.0)
+                rows = (2 * tokens - c["coactivation_reward"]) / tokens
                 base = rows if base is None else base
                 solve = f"{res['seconds']:.3f}" if res else "-"
                 print(f"| {Path(path).parent.name} {layer} ({E}x{R}) | {name} | {c['imbalance']:.3f} | {rows:.3f} | "

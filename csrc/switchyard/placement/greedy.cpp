@@ -1,4 +1,5 @@
 #include "switchyard/placement/greedy.h"
+#include "switchyard/placement/replicated.h"
 
 #include <c10/util/Exception.h>
 
@@ -52,41 +53,8 @@ PlacementCost evaluate(const PlacementProblem& problem, const dispatch::ExpertPl
   TORCH_CHECK_VALUE(placement.num_experts() == E && placement.num_ranks() == R, "placement.evaluate: expected "
                     "a placement of ", E, " experts on ", R, " ranks, got ", placement.num_experts(),
                     " experts on ", placement.num_ranks(), " ranks");
-  PlacementCost c;
-  std::vector<double> rank_load(R, 0.0);
-  double total = 0.0;
-  for (int64_t e = 0; e < E; ++e) {
-    rank_load[placement.rank_of(e)] += problem.load[e];
-    total += problem.load[e];
-  }
-  c.max_load = *std::max_element(rank_load.begin(), rank_load.end());
-  c.mean_load = total / static_cast<double>(R);
-  c.imbalance = c.mean_load > 0.0 ? c.max_load / c.mean_load : 0.0;
-  if (!problem.traffic.empty()) {
-    for (int64_t s = 0; s < R; ++s) {
-      for (int64_t e = 0; e < E; ++e) {
-        const double t = problem.traffic[s * E + e];
-        const int64_t r = placement.rank_of(e);
-        if (r == s) continue;
-        c.cross_rank_tokens += t;
-        if (problem.ranks_per_node > 0 && s / problem.ranks_per_node != r / problem.ranks_per_node) {
-          c.cross_node_tokens += t;
-        }
-        c.traffic_cost += problem.traffic_weight * t * problem.hop(s, r);
-      }
-    }
-  }
-  if (!problem.coactivation.empty()) {
-    double pairs = 0.0;
-    for (int64_t e = 0; e < E; ++e) {
-      for (int64_t f = e + 1; f < E; ++f) {
-        if (placement.rank_of(e) == placement.rank_of(f)) pairs += problem.coactivation[e * E + f];
-      }
-    }
-    c.coactivation_reward = problem.coactivation_weight * pairs;
-  }
-  c.objective = c.max_load + c.traffic_cost - c.coactivation_reward;
-  return c;
+  // One host per expert is the replicated model with every share 1: one cost model for both.
+  return evaluate(problem, ReplicatedPlacement::single(placement));
 }
 
 }  // namespace switchyard::placement

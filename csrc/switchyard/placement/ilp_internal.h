@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <string>
 #include <vector>
 
 namespace switchyard::placement::detail {
@@ -85,6 +86,50 @@ struct ProbDeleter {
 inline int ms_left(Clock::time_point start, double limit_s) {
   const double used = std::chrono::duration<double>(Clock::now() - start).count();
   return static_cast<int>(std::max(1.0, std::floor((limit_s - used) * 1000.0)));
+}
+
+// What the LP relaxation and the branch and bound established.
+struct MilpOutcome {
+  bool has_solution = false;         // glp_mip_col_val holds an integer-feasible point
+  std::string status = "time_limit"; // "optimal" (within mip_gap) | "time_limit" | "feasible"
+  double bound = 0.0;                // lower bound on the modelled objective
+};
+
+// The LP relaxation (its optimum bounds the MILP), then branch and bound from the callback's
+// warm start (`state`), both within what is left of `limit_s` since `start`. No presolve: the
+// warm start is in the original columns. `bound` starts at `trivial_bound`.
+inline MilpOutcome relax_then_branch(glp_prob* m, Clock::time_point start, double limit_s, double mip_gap,
+                                     CallbackState& state, double trivial_bound) {
+  MilpOutcome out;
+  out.bound = trivial_bound;
+  glp_smcp lp_options;
+  glp_init_smcp(&lp_options);
+  lp_options.msg_lev = GLP_MSG_OFF;
+  lp_options.tm_lim = ms_left(start, limit_s);
+  if (glp_simplex(m, &lp_options) != 0 || glp_get_status(m) != GLP_OPT) return out;
+  out.bound = std::max(out.bound, glp_get_obj_val(m));
+  glp_iocp mip_options;
+  glp_init_iocp(&mip_options);
+  mip_options.msg_lev = GLP_MSG_OFF;
+  mip_options.tm_lim = ms_left(start, limit_s);
+  mip_options.mip_gap = mip_gap;
+  mip_options.br_tech = GLP_BR_DTH;
+  mip_options.bt_tech = GLP_BT_BLB;
+  mip_options.presolve = GLP_OFF;
+  mip_options.cb_func = on_tree_event;
+  mip_options.cb_info = &state;
+  const int mip_ret = glp_intopt(m, &mip_options);
+  const int mip_status = glp_mip_status(m);
+  out.has_solution = mip_status == GLP_OPT || mip_status == GLP_FEAS;
+  if (std::isfinite(state.bound)) out.bound = std::max(out.bound, state.bound);
+  // GLP_EMIPGAP: stopped at the relative gap tolerance, i.e. optimal within mip_gap.
+  if ((mip_ret == 0 && mip_status == GLP_OPT) || (mip_ret == GLP_EMIPGAP && mip_status == GLP_FEAS)) {
+    out.status = "optimal";
+    if (mip_ret == 0) out.bound = std::max(out.bound, glp_mip_obj_val(m));
+  } else {
+    out.status = mip_ret == GLP_ETMLIM ? "time_limit" : "feasible";
+  }
+  return out;
 }
 
 }  // namespace switchyard::placement::detail

@@ -293,55 +293,29 @@ ReplicatedSolveResult solve_replicated(const PlacementProblem& problem, const So
     state.warm[col_z(k)] = warm.hosts[pairs[k].e] == warm.hosts[pairs[k].f] ? 1.0 : 0.0;
   }
 
-  std::string status = "time_limit";
-  double bound = trivial_bound;
+  const detail::MilpOutcome milp =
+      detail::relax_then_branch(m, start, options.time_limit_s, options.mip_gap, state, trivial_bound);
+  std::string status = milp.status;
+  double bound = milp.bound;
   ReplicatedPlacement ilp;
-  glp_smcp lp_options;
-  glp_init_smcp(&lp_options);
-  lp_options.msg_lev = GLP_MSG_OFF;
-  lp_options.tm_lim = detail::ms_left(start, options.time_limit_s);
-  const int lp_ret = glp_simplex(m, &lp_options);
-  if (lp_ret == 0 && glp_get_status(m) == GLP_OPT) {
-    bound = std::max(bound, glp_get_obj_val(m));
-    glp_iocp mip_options;
-    glp_init_iocp(&mip_options);
-    mip_options.msg_lev = GLP_MSG_OFF;
-    mip_options.tm_lim = detail::ms_left(start, options.time_limit_s);
-    mip_options.mip_gap = options.mip_gap;
-    mip_options.br_tech = GLP_BR_DTH;
-    mip_options.bt_tech = GLP_BT_BLB;
-    mip_options.presolve = GLP_OFF;
-    mip_options.cb_func = detail::on_tree_event;
-    mip_options.cb_info = &state;
-    const int mip_ret = glp_intopt(m, &mip_options);
-    const int mip_status = glp_mip_status(m);
-    if (mip_status == GLP_OPT || mip_status == GLP_FEAS) {
-      // Hosts: x = 1. Shares: f clipped at 0 and renormalised (GLPK's values carry round-off).
-      ilp.num_ranks = R;
-      ilp.hosts.resize(E);
-      ilp.shares.resize(E);
-      for (int64_t e = 0; e < E; ++e) {
-        double sum = 0.0;
-        for (int64_t r = 0; r < R; ++r) {
-          if (glp_mip_col_val(m, col_x(e, r)) < 0.5) continue;
-          ilp.hosts[e].push_back(r);
-          ilp.shares[e].push_back(std::max(0.0, glp_mip_col_val(m, col_f(e, r))));
-          sum += ilp.shares[e].back();
-        }
-        if (ilp.hosts[e].empty()) {  // cannot happen (sum f = 1, f <= x); keep the answer sound
-          ilp = ReplicatedPlacement{};
-          break;
-        }
-        for (double& s : ilp.shares[e]) s = sum > 0.0 ? s / sum : 1.0 / static_cast<double>(ilp.hosts[e].size());
+  if (milp.has_solution) {
+    // Hosts: x = 1. Shares: f clipped at 0 and renormalised (GLPK's values carry round-off).
+    ilp.num_ranks = R;
+    ilp.hosts.resize(E);
+    ilp.shares.resize(E);
+    for (int64_t e = 0; e < E; ++e) {
+      double sum = 0.0;
+      for (int64_t r = 0; r < R; ++r) {
+        if (glp_mip_col_val(m, col_x(e, r)) < 0.5) continue;
+        ilp.hosts[e].push_back(r);
+        ilp.shares[e].push_back(std::max(0.0, glp_mip_col_val(m, col_f(e, r))));
+        sum += ilp.shares[e].back();
       }
-    }
-    if ((mip_ret == 0 && mip_status == GLP_OPT) || (mip_ret == GLP_EMIPGAP && mip_status == GLP_FEAS)) {
-      status = "optimal";
-      if (std::isfinite(state.bound)) bound = std::max(bound, state.bound);
-      if (mip_ret == 0) bound = std::max(bound, glp_mip_obj_val(m));
-    } else {
-      if (std::isfinite(state.bound)) bound = std::max(bound, state.bound);
-      status = mip_ret == GLP_ETMLIM ? "time_limit" : "feasible";
+      if (ilp.hosts[e].empty()) {  // cannot happen (sum f = 1, f <= x); keep the answer sound
+        ilp = ReplicatedPlacement{};
+        break;
+      }
+      for (double& s : ilp.shares[e]) s = sum > 0.0 ? s / sum : 1.0 / static_cast<double>(ilp.hosts[e].size());
     }
   }
 

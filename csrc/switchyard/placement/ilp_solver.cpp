@@ -19,7 +19,6 @@ using detail::Pair;
 using detail::ProbDeleter;
 using detail::Triplets;
 using detail::modelled_pairs_max;
-using detail::on_tree_event;
 using detail::top_pairs;
 
 
@@ -138,48 +137,20 @@ SolveResult solve(const PlacementProblem& problem, const SolveOptions& options) 
     state.warm[col_z(k)] = warm_map[pairs[k].e] == warm_map[pairs[k].f] ? 1.0 : 0.0;
   }
 
-  auto ms_left = [&] { return detail::ms_left(start, options.time_limit_s); };
   // --- the LP relaxation, then branch and bound ---
-  std::string status = "time_limit";
-  double bound = trivial_bound;
+  const detail::MilpOutcome milp =
+      detail::relax_then_branch(m, start, options.time_limit_s, options.mip_gap, state, trivial_bound);
+  std::string status = milp.status;
+  double bound = milp.bound;
   std::vector<int64_t> ilp_map;
-  glp_smcp lp_options;
-  glp_init_smcp(&lp_options);
-  lp_options.msg_lev = GLP_MSG_OFF;
-  lp_options.tm_lim = ms_left();
-  const int lp_ret = glp_simplex(m, &lp_options);
-  if (lp_ret == 0 && glp_get_status(m) == GLP_OPT) {
-    bound = std::max(bound, glp_get_obj_val(m));
-    glp_iocp mip_options;
-    glp_init_iocp(&mip_options);
-    mip_options.msg_lev = GLP_MSG_OFF;
-    mip_options.tm_lim = ms_left();
-    mip_options.mip_gap = options.mip_gap;
-    mip_options.br_tech = GLP_BR_DTH;
-    mip_options.bt_tech = GLP_BT_BLB;
-    mip_options.presolve = GLP_OFF;  // the callback's warm start is in the original columns
-    mip_options.cb_func = on_tree_event;
-    mip_options.cb_info = &state;
-    const int mip_ret = glp_intopt(m, &mip_options);
-    const int mip_status = glp_mip_status(m);
-    if (mip_status == GLP_OPT || mip_status == GLP_FEAS) {
-      ilp_map.resize(E);
-      for (int64_t e = 0; e < E; ++e) {
-        int64_t best = 0;
-        for (int64_t r = 1; r < R; ++r) {
-          if (glp_mip_col_val(m, col_x(e, r)) > glp_mip_col_val(m, col_x(e, best))) best = r;
-        }
-        ilp_map[e] = best;
+  if (milp.has_solution) {
+    ilp_map.resize(E);
+    for (int64_t e = 0; e < E; ++e) {
+      int64_t best = 0;
+      for (int64_t r = 1; r < R; ++r) {
+        if (glp_mip_col_val(m, col_x(e, r)) > glp_mip_col_val(m, col_x(e, best))) best = r;
       }
-    }
-    // GLP_EMIPGAP: stopped at the relative gap tolerance, i.e. optimal within options.mip_gap.
-    if ((mip_ret == 0 && mip_status == GLP_OPT) || (mip_ret == GLP_EMIPGAP && mip_status == GLP_FEAS)) {
-      status = "optimal";
-      if (std::isfinite(state.bound)) bound = std::max(bound, state.bound);
-      if (mip_ret == 0) bound = std::max(bound, glp_mip_obj_val(m));
-    } else {
-      if (std::isfinite(state.bound)) bound = std::max(bound, state.bound);
-      status = mip_ret == GLP_ETMLIM ? "time_limit" : "feasible";
+      ilp_map[e] = best;
     }
   }
 
