@@ -98,10 +98,10 @@ PlacementDecision LivePlacement::place_from_trace(const std::string& path) {
 }
 
 PlacementDecision LivePlacement::decide(int64_t step, const std::string& reason, const RoutingStatistics& reduced) {
-  TORCH_CHECK_VALUE(!engine_.expert_layers().empty(), "LivePlacement: placing experts needs "
+  const auto layers = engine_.expert_layers();
+  TORCH_CHECK_VALUE(!layers.empty(), "LivePlacement: placing experts needs "
                     "parallel.expert_parallel > 1; with one expert-parallel rank it only records statistics");
   comm::Communicator world = engine_.groups().world;
-  const auto layers = engine_.expert_layers();
   const int64_t num_layers = static_cast<int64_t>(layers.size());
   int64_t size = kHeader;
   for (const auto& l : layers) size += kLayerFields + l.num_experts;
