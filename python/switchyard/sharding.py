@@ -86,7 +86,9 @@ class ShardedEngine:
         return self._engine.step(list(micro_batches), float(lr))
 
     def eval_loss(self, micro_batches: Sequence[MicroBatch]) -> float:
-        """Mean (loss + aux losses) over the micro-batches of every rank, no gradients."""
+        """Mean language-model loss over the micro-batches of every rank, in eval mode, no
+        gradients. The aux losses (load balancing, z-loss) are training regularisers and are
+        not included, so MoE and dense models compare on the same quantity."""
         return self._engine.eval_loss(list(micro_batches))
 
     def locate_non_finite(self, input_ids: torch.Tensor, targets: torch.Tensor) -> dict:

@@ -504,8 +504,9 @@ double ShardedEngine::eval_loss(const std::vector<nn::UnitBatch>& micro_batches)
     std::vector<at::Tensor> prev;
     for (int64_t i = 0; i < num_units_; ++i) {
       gather_for(i, options_.prefetch, +1);
+      // The aux losses (load balancing, z-loss) are training regularisers, not part of
+      // the quantity validated: adding them would bias every MoE-vs-dense comparison.
       nn::UnitStep s = seq_->run_unit(i, prev, batch);
-      if (s.aux_loss.defined()) total += s.aux_loss.item<double>();
       for (size_t f : flats_used_by_[i]) {
         if (last_use_[f] == i) flats_[f].release();
       }

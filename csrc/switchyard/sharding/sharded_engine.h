@@ -139,8 +139,9 @@ class ShardedEngine {
   std::pair<at::Tensor, at::Tensor> forward_backward(const nn::UnitBatch& batch);
   StepResult apply_step(double lr);
 
-  // Mean loss (language-model loss + aux) over the given micro-batches and every rank,
-  // without gradients, in eval mode. Collective.
+  // Mean language-model loss over the given micro-batches and every rank, without
+  // gradients, in eval mode; the aux losses (load balancing, z-loss) are training
+  // regularisers and are not included. Collective.
   double eval_loss(const std::vector<nn::UnitBatch>& micro_batches);
 
   // Where a non-finite loss comes from: runs `batch` forward unit by unit (training mode, no

@@ -39,7 +39,7 @@ def main():
         single_model = checkpoint.load_model(path).eval()
         with torch.no_grad():
             out = single_model(x, y)
-        single = float(out.loss) + (float(out.aux_loss) if out.aux_loss is not None else 0.0)
+        single = float(out.loss)  # eval_loss is the language-model loss alone
         print(f"outputs sharded={sharded!r} single={single!r} step={loaded['step']}", flush=True)
 
 
