@@ -15,22 +15,24 @@ SCRIPTS = Path(__file__).parent / "mpi_scripts"
 # Lines of different ranks may run together (no newline between them).
 OK = r"speculation ok rank=(\d+) check=([a-z_]+?)(?=speculation ok|\s|$)"
 CHECKS = ["send_recv", "capacities", "layer_topk_contiguous", "layer_topk_random",
-          "layer_expert_choice_contiguous", "layer_expert_choice_random"]
+          "layer_expert_choice_contiguous", "layer_expert_choice_random",
+          "predicted_contiguous", "predicted_random", "model_topk", "model_gating_residual", "model_expert_choice"]
 
 
 def test_speculation_section_defaults_capacity_on():
     cfg = switchyard.Config()
-    assert cfg.to_dict()["speculation"] == {"capacity": True, "capacity_margin": 0.1}
+    assert cfg.to_dict()["speculation"] == {"capacity": True, "capacity_margin": 0.1, "routes": True}
     o = SpeculationOptions.from_config(cfg)
-    assert o.capacity and o.capacity_margin == 0.1
+    assert o.capacity and o.capacity_margin == 0.1 and o.routes
 
 
 def test_speculation_keys_parse_and_validate():
     repo = Path(__file__).resolve().parents[2]
     cfg = switchyard.load_config(repo / "configs" / "demo.yaml",
-                                 ["speculation.capacity=false", "speculation.capacity_margin=0.5"])
+                                 ["speculation.capacity=false", "speculation.capacity_margin=0.5",
+                                  "speculation.routes=false"])
     o = SpeculationOptions.from_config(cfg)
-    assert not o.capacity and o.capacity_margin == 0.5
+    assert not o.capacity and o.capacity_margin == 0.5 and not o.routes
     with pytest.raises(ValueError, match="capacity_margin"):
         switchyard.load_config(repo / "configs" / "demo.yaml", ["speculation.capacity_margin=-1"])
 

@@ -96,6 +96,7 @@ struct ParallelConfig {
 struct SpeculationConfig {
   bool capacity = true;          // size receive buffers from the last dispatch's counts
   double capacity_margin = 0.1;  // capacity = count + ceil(margin * count)
+  bool routes = true;            // with capacity: counts predicted by the block's router, early
 };
 
 struct TrainConfig {

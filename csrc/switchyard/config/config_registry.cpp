@@ -230,6 +230,7 @@ std::vector<SectionInfo> build_registry() {
     using S = SpeculationConfig;
     b.add(SY_KEY(S, capacity), "Speculative capacity: size each (rank, peer) receive buffer from that pair's row count in this layer's previous dispatch plus capacity_margin, and send the counts with the rows in one all-to-all (no separate count exchange); rows beyond the capacity follow in a point-to-point second round between the pairs concerned. Bitwise the same results as the exact path.");
     b.add(SY_KEY(S, capacity_margin), "Headroom of the speculative capacity: a pair that moved c rows last time gets c + ceil(capacity_margin * c) rows of room (padding bytes against second rounds).").at_least(0);
+    b.add(SY_KEY(S, routes), "Speculative routing, with capacity: before each MoE block's attention, apply the block's router to the block's input (the attention skipped), exchange the row counts that routing would send each peer -- overlapped with the attention -- and size the speculative capacities from them instead of from the previous step; the exact counts still correct a wrong prediction (second round). Top-k routers only (expert choice keeps the previous step's counts); no effect without capacity. Bitwise the same results.");
   }
   return r;
 }

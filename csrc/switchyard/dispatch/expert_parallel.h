@@ -10,9 +10,13 @@
 //
 // Speculation (speculation.h, docs/speculation.md) is per layer, so its state lives here:
 // with speculation.capacity, each forward after the first takes the capacity path with
-// capacities predicted from this layer's previous dispatch (CapacityPredictor); counters()
+// capacities predicted from this layer's previous dispatch (CapacityPredictor), or, with
+// speculation.routes, from the routes the layer predicted before its block's attention
+// (prepare_routes: the predicted counts travel while the attention runs); counters()
 // accumulates what the forwards cost.
 #pragma once
+
+#include <c10/core/Event.h>
 
 #include <optional>
 
@@ -33,10 +37,18 @@ class ExpertParallel : public nn::ExpertParallelism {
   at::Tensor run_routed(const at::Tensor& x_Td, const ops::Routing& routing,
                         nn::GroupedExpertsImpl& local_experts) override;
 
+  // Speculative routing: with speculation.capacity and .routes. prepare_routes counts the
+  // rows predicted_TK would send each peer and starts exchanging them (all_to_all_v, not
+  // waited for); the next run_routed sizes its capacities from them (Note [Predicted
+  // capacities] in expert_parallel.cpp). Collective over the group.
+  bool wants_route_prediction() const override { return speculation_.capacity && speculation_.routes; }
+  void prepare_routes(const at::Tensor& predicted_TK) override;
+
   // Live re-placement (csrc/switchyard/placement/live_placement.h): route through `placement`
   // from the next forward on. Collective over the group: the ranks must pass the same map
   // (checked, like the constructor). The caller moves the experts' weights to match.
-  // Forgets the capacity history: counts per peer mean nothing under a new map.
+  // Forgets the capacity history and any prepared prediction: counts per peer mean nothing
+  // under a new map.
   void set_placement(ExpertPlacement placement);
 
   // Collective (checked like the placement); forgets the capacity history.
@@ -55,6 +67,15 @@ class ExpertParallel : public nn::ExpertParallelism {
   TokenDispatcher dispatcher_;
   SpeculationOptions speculation_;
   CapacityPredictor predictor_;
+  // The exchange prepare_routes started, consumed by the next run_routed.
+  struct PreparedRoutes {
+    comm::WorkHandle exchange;    // all_to_all_v of the predicted rows per peer
+    at::Tensor send_R;            // [R] int64: predicted rows to each peer (tokens' device)
+    at::Tensor host_2R;           // CUDA: [send_R, received], copied to pinned host memory
+    std::optional<c10::Event> copied;  // CUDA: that copy's completion on the stream
+  };
+  std::optional<PreparedRoutes> prepared_;
+  PairCapacities take_prepared();
   SpeculationCounters counters_;
   std::optional<DispatchStats> last_stats_;
   std::vector<int64_t> last_send_splits_, last_recv_splits_;

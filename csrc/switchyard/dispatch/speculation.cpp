@@ -18,7 +18,8 @@ std::string SpeculationOptions::to_string() const {
   std::ostringstream os;
   // Full precision: ranks with margins that differ in the last bit would size blocks differently.
   os.precision(17);
-  os << "capacity=" << (capacity ? "true" : "false") << " capacity_margin=" << capacity_margin;
+  os << "capacity=" << (capacity ? "true" : "false") << " capacity_margin=" << capacity_margin
+     << " routes=" << (routes ? "true" : "false");
   return os.str();
 }
 
@@ -26,6 +27,7 @@ SpeculationOptions speculation_options_from_config(const config::Config& config)
   SpeculationOptions o;
   o.capacity = config.speculation.capacity;
   o.capacity_margin = config.speculation.capacity_margin;
+  o.routes = config.speculation.routes;
   o.validate();
   return o;
 }

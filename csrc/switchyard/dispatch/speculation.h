@@ -23,10 +23,11 @@ namespace switchyard::dispatch {
 struct SpeculationOptions {
   bool capacity = true;          // speculation.capacity
   double capacity_margin = 0.1;  // speculation.capacity_margin: room = c + ceil(margin * c)
+  bool routes = true;            // speculation.routes: capacities from predicted routes (with capacity)
 
   // Throws c10::ValueError naming the field.
   void validate() const;
-  // "capacity=true capacity_margin=0.1": what ranks compare (they must agree).
+  // "capacity=true capacity_margin=0.1 routes=true": what ranks compare (they must agree).
   std::string to_string() const;
 };
 
@@ -67,11 +68,21 @@ struct SpeculationCounters {
   int64_t collectives = 0;             // all_to_all_v calls, dispatch and combine
   int64_t host_syncs = 0;              // device-to-host reads of counts (SYNC_POINT)
   int64_t host_syncs_before_payload = 0;  // ... that the token rows had to wait for
+  int64_t remote_rows_sent = 0;        // token rows sent to other ranks (one per (token, rank))
+  int64_t remote_slots_sent = 0;       // ... and the routed slots they carry: slots - rows
+                                       // is what deduplication saved (Note [Deduplication])
   int64_t bytes_moved = 0;             // remote bytes sent, dispatch and combine
   int64_t padding_bytes = 0;           // of which unused capacity and headers
   int64_t second_rounds = 0;           // dispatches in which this rank sent or received overflow
   int64_t overflow_rows_sent = 0;      // rows beyond a peer's capacity (sent in a second round)
   int64_t overflow_rows_received = 0;
+  // Speculative routing: dispatches whose capacities came from predicted routes, and what
+  // the prediction cost -- one count exchange started before the block's attention (not
+  // counted in `collectives`) and one host read of its result (not in `host_syncs`), which
+  // waits only for that exchange, never for the router or the attention.
+  int64_t route_predicted_dispatches = 0;
+  int64_t prediction_collectives = 0;
+  int64_t prediction_host_syncs = 0;
 };
 
 }  // namespace switchyard::dispatch

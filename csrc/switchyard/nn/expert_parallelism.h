@@ -36,6 +36,15 @@ class ExpertParallelism {
   // x_Td, the routing's topk_weights and the experts' weights.
   virtual at::Tensor run_routed(const at::Tensor& x_Td, const ops::Routing& routing,
                                 GroupedExpertsImpl& local_experts) = 0;
+
+  // Speculative routing (docs/speculation.md): when wants_route_prediction(), the layer
+  // predicts the routes of its next run_routed before the block's attention runs and hands
+  // them to prepare_routes -- predicted_TK [T,K] global expert ids (ids >= num_experts():
+  // not routed), for the same T tokens. An implementation may start communication for that
+  // run_routed; a wrong prediction must not change its result. Collective over the group when
+  // wanted: every rank calls it once before the run_routed it prepares.
+  virtual bool wants_route_prediction() const { return false; }
+  virtual void prepare_routes(const at::Tensor& /*predicted_TK*/) {}
 };
 
 }  // namespace switchyard::nn

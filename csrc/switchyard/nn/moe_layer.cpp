@@ -187,6 +187,27 @@ MoEOutput MoELayerImpl::forward(const at::Tensor& x,
   return out;
 }
 
+at::Tensor MoELayerImpl::top_experts(const at::Tensor& router_logits) {
+  TORCH_CHECK_VALUE(options_.router == "topk", "MoELayer.top_experts: the layer routes with '", options_.router,
+                    "'; only the top-k router makes a per-token choice");
+  ops::RouteTopkOptions ro = topk_routing_options(options_, router->selection_bias);
+  ro.capacity_factor = 0;  // every choice: capacity drops are not what is being predicted
+  return ops::route_topk(router_logits, options_.top_k, ro).topk_experts;
+}
+
+bool MoELayerImpl::wants_route_prediction() const {
+  return ep_ && options_.router == "topk" && ep_->wants_route_prediction();
+}
+
+void MoELayerImpl::prepare_routes(const at::Tensor& x_guess,
+                                  const std::optional<at::Tensor>& prev_router_logits) {
+  TORCH_CHECK_VALUE(wants_route_prediction(), "MoELayer.prepare_routes: the layer does not take route "
+                    "predictions (it needs the top-k router and an expert parallelism with speculative routing)");
+  const torch::NoGradGuard no_grad;
+  const at::Tensor x_Td = check_input(x_guess, prev_router_logits);
+  ep_->prepare_routes(top_experts(router(x_Td, prev_router_logits)));
+}
+
 void MoELayerImpl::enable_expert_parallel(std::shared_ptr<ExpertParallelism> ep) {
   const MoELayerOptions& o = options_;
   TORCH_CHECK_VALUE(ep != nullptr, "MoELayer.enable_expert_parallel: expected an ExpertParallelism, got null");

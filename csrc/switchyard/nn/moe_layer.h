@@ -74,6 +74,20 @@ class MoELayerImpl : public torch::nn::Module {
   // Loads of the training forwards since the last update: [E_total] int64, zeros if none.
   at::Tensor pending_load() const;
 
+  // The expert ids [T,K] int64 this layer's top-k rule (topk_routing_options.h) picks from
+  // router logits [T, outputs], every choice kept (no capacity limit). Top-k router only.
+  at::Tensor top_experts(const at::Tensor& router_logits);
+
+  // Speculative routing (docs/speculation.md): true when the layer routes top-k through an
+  // expert parallelism that wants its routes predicted. The transformer block then calls
+  // prepare_routes with the block's input normalised as the FFN input would be (the
+  // attention skipped), before running the attention; the layer routes it with its own
+  // router (no jitter) and hands the ids to the expert parallelism. No gradients; collective
+  // over the expert-parallel group.
+  bool wants_route_prediction() const;
+  void prepare_routes(const at::Tensor& x_guess,
+                      const std::optional<at::Tensor>& prev_router_logits = std::nullopt);
+
   // Distribute the routed experts: `experts` shrinks to ep->local_experts() (their current
   // weights are kept, so a layer built with the same seed on every rank holds exactly the
   // single-process weights) and forward sends routed tokens through `ep`. Both routers

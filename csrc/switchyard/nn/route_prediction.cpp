@@ -5,19 +5,8 @@
 #include <torch/utils.h>
 
 #include "switchyard/nn/moe_transformer.h"
-#include "switchyard/nn/topk_routing_options.h"
-#include "switchyard/ops/routing.h"
 
 namespace switchyard::nn {
-namespace {
-
-at::Tensor top_experts(MoELayerImpl& moe, const at::Tensor& router_logits) {
-  ops::RouteTopkOptions ro = topk_routing_options(moe.options(), moe.router->selection_bias);
-  ro.capacity_factor = 0;  // every choice: capacity drops are not what is being predicted
-  return ops::route_topk(router_logits, moe.options().top_k, ro).topk_experts;
-}
-
-}  // namespace
 
 std::vector<RoutePrediction> predict_routes(MoETransformerImpl& model, const at::Tensor& input_ids) {
   TORCH_CHECK_VALUE(model.options().moe.router == "topk", "predict_routes: the model routes with '",
@@ -39,12 +28,12 @@ std::vector<RoutePrediction> predict_routes(MoETransformerImpl& model, const at:
       const at::Tensor guess_logits = moe.router(guess_in, residual ? prev_logits : std::nullopt);
       RoutePrediction p;
       p.block = static_cast<int64_t>(b);
-      p.predicted_TK = top_experts(moe, guess_logits);
+      p.predicted_TK = moe.top_experts(guess_logits);
       out.push_back(std::move(p));
     }
     BlockOutput o = block(x, prev_logits);
     if (o.moe) {
-      if (block->moe && b > 0) out.back().actual_TK = top_experts(*block->moe, o.moe->router_logits);
+      if (block->moe && b > 0) out.back().actual_TK = block->moe->top_experts(o.moe->router_logits);
       if (model.options().moe.gating_residual) prev_logits = o.moe->router_logits;
     }
     x = o.hidden;

@@ -44,11 +44,18 @@ void TransformerBlockImpl::reset_parameters(double std, double residual_std) {
 BlockOutput TransformerBlockImpl::forward(const at::Tensor& x_BSd,
                                           const std::optional<at::Tensor>& prev_router_logits) {
   BlockOutput out;
+  const bool residual = moe && moe->options().gating_residual && prev_router_logits.has_value() &&
+                        prev_router_logits->defined();
+  if (moe && moe->wants_route_prediction()) {
+    // Speculative routing (docs/speculation.md): the router applied to the block's input,
+    // skipping the attention, predicts this block's routes; the dispatcher exchanges the
+    // predicted counts while the attention below runs.
+    const torch::NoGradGuard no_grad;
+    moe->prepare_routes(post_attention_layernorm(x_BSd), residual ? prev_router_logits : std::nullopt);
+  }
   const at::Tensor h_BSd = x_BSd + self_attn(input_layernorm(x_BSd));
   const at::Tensor ffn_in = post_attention_layernorm(h_BSd);
   if (moe) {
-    const bool residual = moe->options().gating_residual && prev_router_logits.has_value() &&
-                          prev_router_logits->defined();
     out.moe = moe(ffn_in, residual ? prev_router_logits : std::optional<at::Tensor>());
     out.hidden = h_BSd + out.moe->output;
   } else {

@@ -42,8 +42,9 @@ py::dict counters_dict(const dispatch::SpeculationCounters& c) {
   py::dict d;
 #define SY_COUNT(name) d[#name] = c.name;
   SY_COUNT(dispatches) SY_COUNT(speculative_dispatches) SY_COUNT(collectives) SY_COUNT(host_syncs)
-  SY_COUNT(host_syncs_before_payload) SY_COUNT(bytes_moved) SY_COUNT(padding_bytes)
+  SY_COUNT(host_syncs_before_payload) SY_COUNT(remote_rows_sent) SY_COUNT(remote_slots_sent) SY_COUNT(bytes_moved) SY_COUNT(padding_bytes)
   SY_COUNT(second_rounds) SY_COUNT(overflow_rows_sent) SY_COUNT(overflow_rows_received)
+  SY_COUNT(route_predicted_dispatches) SY_COUNT(prediction_collectives) SY_COUNT(prediction_host_syncs)
 #undef SY_COUNT
   return d;
 }
@@ -88,20 +89,23 @@ void bind_dispatch(py::module_& m) {
   using dispatch::SpeculationOptions;
   py::class_<SpeculationOptions>(d, "SpeculationOptions",
                                  "The speculation: config section (docs/speculation.md).")
-      .def(py::init([](bool capacity, double margin) {
+      .def(py::init([](bool capacity, double margin, bool routes) {
              SpeculationOptions o;
              o.capacity = capacity;
              o.capacity_margin = margin;
+             o.routes = routes;
              translating([&] { o.validate(); return 0; });
              return o;
            }),
            py::arg("capacity") = SpeculationOptions{}.capacity,
-           py::arg("capacity_margin") = SpeculationOptions{}.capacity_margin)
+           py::arg("capacity_margin") = SpeculationOptions{}.capacity_margin,
+           py::arg("routes") = SpeculationOptions{}.routes)
       .def_static("from_config", [](const config::Config& c) {
              return translating([&] { return dispatch::speculation_options_from_config(c); });
            }, py::arg("config"))
       .def_readwrite("capacity", &SpeculationOptions::capacity)
       .def_readwrite("capacity_margin", &SpeculationOptions::capacity_margin)
+      .def_readwrite("routes", &SpeculationOptions::routes)
       .def("__repr__", [](const SpeculationOptions& o) { return "SpeculationOptions(" + o.to_string() + ")"; });
 
   py::class_<ExpertParallel, nn::ExpertParallelism, std::shared_ptr<ExpertParallel>>(
@@ -124,6 +128,13 @@ void bind_dispatch(py::module_& m) {
       .def_property_readonly("counters", [](const ExpertParallel& e) { return counters_dict(e.counters()); },
                              "Cumulative SpeculationCounters of this rank's forwards, as a dict.")
       .def("reset_counters", &ExpertParallel::reset_counters)
+      .def_property_readonly("wants_route_prediction", &ExpertParallel::wants_route_prediction)
+      .def("prepare_routes", [](ExpertParallel& e, const at::Tensor& predicted) {
+             released([&] { e.prepare_routes(predicted); return 0; });
+           }, py::arg("predicted_experts"),
+           "Speculative routing: predicted global expert ids [T, K] (int64) for the next forward's "
+           "tokens; starts exchanging the counts they imply (collective). Any prediction gives the "
+           "same results; a good one avoids second rounds.")
       .def_property_readonly("last_splits", [](const ExpertParallel& e) {
              return py::make_tuple(e.last_send_splits(), e.last_recv_splits());
            }, "(rows sent to each rank, rows received from each rank) in the latest forward.")

@@ -87,6 +87,8 @@ void bind_nn(py::module_& m) {
            },
            py::arg("ep"), "Keep only this rank's experts and dispatch routed tokens through ep.")
       .def("local_expert_ids", &MoELayerImpl::local_expert_ids)
+      .def_property_readonly("expert_parallelism", &MoELayerImpl::expert_parallelism,
+                             "The ExpertParallel the layer dispatches through (None without expert parallelism).")
       .def("load_global_expert_weights", &MoELayerImpl::load_global_expert_weights,
            py::arg("gate_proj"), py::arg("up_proj"), py::arg("down_proj"),
            "Copy this layer's experts' rows out of full [E, ...] tensors.")

@@ -22,6 +22,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
+from . import speculation_report
 from .metrics import RunLogger
 from .progress import Progress
 from .schedule import learning_rate
@@ -300,6 +301,13 @@ class Trainer:
             self.live_placement.write_trace(str(trace))
             progress.message(f"[switchyard] routing trace of {done - self.start_step} steps: {trace} "
                              f"(python -m switchyard.trace {trace})")
+        spec = speculation_report.job_counters(self.model, self.world)
+        if spec is not None and self.rank == 0:
+            from switchyard.dispatch import SpeculationOptions
+
+            options = repr(SpeculationOptions.from_config(cfg))
+            speculation_report.write(self.run_dir / "speculation.json", spec, self.world.size, options)
+            progress.message(speculation_report.summary_line(spec, self.world.size, options))
         progress.close()
         self.log.close()
         summary = {"loss": last["loss"], "val_loss": last["val_loss"], "unigram_entropy": self.entropy,

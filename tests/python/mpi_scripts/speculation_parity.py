@@ -12,6 +12,16 @@ Checks, each printing "speculation ok rank=R check=NAME" when it passes:
                   shrinks (predictions far too large) and grows: outputs and every gradient
                   bitwise equal at every step; the counters say a second round ran exactly
                   when some count exceeded its capacity; set_placement forgets the history.
+  predicted_*     speculative routing at the layer: before each step ExpertParallel.prepare_routes
+                  gets a prediction -- exact, nothing routed, every token sent to rank 0's
+                  experts (zero for ranks that then receive), shifted to another rank's experts,
+                  random -- over the same schedule: outputs and gradients bitwise equal to the
+                  exact path; overflow exactly what the predicted counts imply; an exact
+                  prediction needs no second round; even the first step is speculative.
+  model_*         speculative routing in a whole MoETransformer (gating residual on and off;
+                  the block predicts its routes before its attention): loss, logits and every
+                  gradient bitwise equal to the exact path over several batches; one prediction
+                  per MoE block and forward; expert choice takes no prediction.
 
 Usage: mpirun -np R python speculation_parity.py DTYPE [cuda]
 (cuda: only the capacities check, on CUDA tensors through NCCL, one GPU per rank.)
@@ -24,8 +34,8 @@ import torch
 
 import switchyard
 import switchyard.comm as comm
-from switchyard.dispatch import ExpertPlacement, SpeculationOptions, TokenDispatcher, distribute
-from switchyard.nn import MoELayer
+from switchyard.dispatch import ExpertPlacement, SpeculationOptions, TokenDispatcher, distribute, distribute_model
+from switchyard.nn import MoELayer, MoETransformer
 from switchyard.ops import route_topk
 
 D, F, E = 16, 24, 8
@@ -223,6 +233,132 @@ def check_layer(world, dtype, router, pname, placement, margin):
     assert ep_on.last_stats["speculative"] == 1 and ep_on.last_stats["second_round"] == 0, ep_on.last_stats
 
 
+def predicted_rows(ids_TK, placement):
+    """Rows a prediction sends each rank: tokens with a predicted expert (< E) held there."""
+    R = placement.num_ranks
+    out = [0] * R
+    for row in ids_TK.tolist():
+        for r in {placement.rank_of_expert[e] for e in row if e < E}:
+            out[r] += 1
+    return out
+
+
+def prediction(kind, x, placement, step, g):
+    """A prediction of x's top-2 experts (logits = x[:, :E], see check_predicted)."""
+    T, R = x.shape[0], placement.num_ranks
+    exact = route_topk(x[:, :E].detach(), 2).topk_experts
+    if kind == "exact":
+        return exact
+    if kind == "unrouted":
+        return torch.full((T, 2), E, dtype=torch.int64)
+    if kind == "to_rank0":  # ranks other than 0 predicted to receive nothing
+        local0 = placement.local_experts(0)
+        return torch.tensor([[local0[0], local0[-1]]] * T, dtype=torch.int64).view(T, 2)
+    if kind == "shifted":  # every expert's place taken by one on the next rank
+        nxt = [placement.local_experts((placement.rank_of_expert[e] + 1) % R)[0] for e in range(E)]
+        return torch.tensor(nxt, dtype=torch.int64)[exact]
+    return torch.randint(0, E, (T, 2), generator=g)
+
+
+def check_predicted(world, dtype, pname, placement):
+    R, me = world.size, world.rank
+    opts = dict(d_model=D, ffn_hidden=F, num_experts=E, top_k=2)
+    torch.manual_seed(5)
+    off = MoELayer(**opts).to(dtype)
+    with torch.no_grad():  # logits = x[:, :E]
+        w = torch.zeros_like(off.router.weight)
+        w[:, :E] = torch.eye(E, dtype=dtype)
+        off.router.weight.copy_(w)
+    on = MoELayer(**opts).to(dtype)
+    on.load_state_dict(off.state_dict())
+    ep_off = distribute(off, world, placement, SpeculationOptions(capacity=False))
+    ep_on = distribute(on, world, placement, SpeculationOptions(capacity=True, capacity_margin=0.0, routes=True))
+    assert ep_on.wants_route_prediction and not ep_off.wants_route_prediction
+    kinds = ["exact", "unrouted", "to_rank0", "shifted", "random", "exact", "random", "exact"]
+    g = torch.Generator().manual_seed(23)
+    gp = torch.Generator().manual_seed(100 + me)  # random predictions differ per rank
+    for (step, kind, xs), pkind in zip(schedule(R, placement, g, dtype), kinds):
+        where = f"rank {me} predicted {pname} step {step} ({kind}, prediction {pkind}) {dtype}"
+        pred = prediction(pkind, xs[me], placement, step, gp)
+        ep_on.prepare_routes(pred)
+        res = []
+        gy = torch.randn(xs[me].shape, generator=torch.Generator().manual_seed(step), dtype=dtype)
+        for layer in (off, on):
+            layer.zero_grad()
+            x = xs[me].clone().requires_grad_()
+            out = layer(x)
+            (out.output * gy).sum().backward()
+            res.append((out.output, x.grad, {n: p.grad for n, p in layer.named_parameters()}))
+        same("output", res[0][0], res[1][0], where)
+        same("input grad", res[0][1], res[1][1], where)
+        for n in res[0][2]:
+            same(n + ".grad", res[0][2][n], res[1][2][n], where)
+        st = ep_on.last_stats
+        send, recv = ep_on.last_splits
+        cap = predicted_rows(pred, placement)  # margin 0: capacity = predicted rows
+        over = sum(max(0, a - c) for a, c in zip(send, cap))
+        assert st["speculative"] == 1 and st["collectives"] == 1 and st["host_syncs_before_payload"] == 0, (where, st)
+        assert st["overflow_rows_sent"] == over, (where, st, cap, send)
+        if pkind == "exact":  # on every rank: nobody sends or receives a second round
+            assert st["second_round"] == 0, (where, st)
+    c = ep_on.counters
+    tot = torch.tensor([c["overflow_rows_sent"], c["overflow_rows_received"], c["second_rounds"]], dtype=torch.int64)
+    world.all_reduce(tot)
+    assert tot[0] == tot[1] and tot[2] > 0, (tot, c)
+    assert c["dispatches"] == 8 and c["route_predicted_dispatches"] == 8 and c["speculative_dispatches"] == 8, c
+    assert c["prediction_collectives"] == 8 and c["prediction_host_syncs"] == 8, c
+    assert c["host_syncs_before_payload"] == 0 and c["collectives"] == 8 * 2, c
+    # A prepared prediction does not survive a new placement: the next forward is exact.
+    ep_off.set_placement(placement)
+    ep_on.prepare_routes(prediction("exact", xs[me], placement, 0, gp))
+    ep_on.set_placement(placement)
+    x = xs[me].clone()
+    same("output after set_placement", off(x).output, on(x).output, f"rank {me} predicted {pname} set_placement")
+    assert ep_on.last_stats["speculative"] == 0, ep_on.last_stats
+
+
+MODEL = dict(vocab_size=53, d_model=16, n_layers=3, n_heads=4, n_kv_heads=2, ffn_hidden=24, max_seq_len=16,
+             moe_layer_freq=1, first_k_dense=1, tie_embeddings=True, init_std=0.1)
+
+
+def check_model(world, dtype, variant):
+    R, me = world.size, world.rank
+    moe = dict(num_experts=E, top_k=2, ffn_hidden=12, aux_loss_coeff=0.05)
+    if variant == "gating_residual":
+        moe.update(gating_residual=True, num_shared_experts=1)
+    elif variant == "expert_choice":
+        moe.update(router="expert_choice", capacity_factor=1.0)
+    models, eps = [], []
+    for spec in (SpeculationOptions(capacity=False), SpeculationOptions(capacity=True, routes=True)):
+        torch.manual_seed(0)
+        m = MoETransformer(**MODEL, moe=moe).to(dtype)
+        eps.append(distribute_model(m, world, speculation=spec))
+        models.append(m)
+    g = torch.Generator().manual_seed(31 + me)
+    for step in range(4):
+        S = 3 + (step * 5 + me) % 9
+        ids = torch.randint(0, 53, (2, S), generator=g)
+        targets = torch.randint(0, 53, (2, S), generator=g)
+        outs = []
+        for m in models:
+            m.zero_grad()
+            out = m(ids, targets, return_logits=True)
+            (out.loss + out.aux_loss).backward()
+            outs.append((out.loss, out.logits, {n: p.grad for n, p in m.named_parameters()}))
+        where = f"rank {me} model {variant} step {step} {dtype}"
+        same("loss", outs[0][0], outs[1][0], where)
+        same("logits", outs[0][1], outs[1][1], where)
+        for n, grad in outs[0][2].items():
+            same(n + ".grad", grad, outs[1][2][n], where)
+    for ep in eps[1]:
+        c = ep.counters
+        want = 0 if variant == "expert_choice" else 4
+        assert c["dispatches"] == 4 and c["route_predicted_dispatches"] == want, (variant, c)
+        assert c["prediction_collectives"] == want and c["prediction_host_syncs"] == want, (variant, c)
+        if want:
+            assert c["speculative_dispatches"] == 4 and c["host_syncs_before_payload"] == 0, (variant, c)
+
+
 def main(dtype_name, device="cpu"):
     info = switchyard.init()
     world = comm.world()
@@ -240,6 +376,12 @@ def main(dtype_name, device="cpu"):
         for (pname, placement), margin in zip(placements(world.size), (0.1, 0.0)):
             check_layer(world, dtype, router, pname, placement, margin)
             print(f"speculation ok rank={info.rank} check=layer_{router}_{pname}", flush=True)
+    for pname, placement in placements(world.size):
+        check_predicted(world, dtype, pname, placement)
+        print(f"speculation ok rank={info.rank} check=predicted_{pname}", flush=True)
+    for variant in ("topk", "gating_residual", "expert_choice"):
+        check_model(world, dtype, variant)
+        print(f"speculation ok rank={info.rank} check=model_{variant}", flush=True)
 
 
 if __name__ == "__main__":
