@@ -17,7 +17,8 @@ trained model); without, they start from scratch. The three runs must give the s
 exact (same invocation; the machine is shared, so ratios only), and from each run's
 speculation.json, over all ranks: the share of dispatches that needed a second round, per
 MoE block; collectives and host synchronisations before the payload per dispatch; bytes per
-dispatch and the padding share; rows deduplicated (slots - rows over slots).
+dispatch and the padding share; rows deduplicated (slots - rows over slots). Runs already
+complete in --out are reused (delete one to measure it again).
 """
 
 import argparse
@@ -58,7 +59,7 @@ def main():
     results = {}
     for mode, keys in MODES.items():
         metrics, _ = train("demo", args.np, steps, args.out, run=mode,
-                           extra=[*common, *keys, f"train.eval_every={steps}"])
+                           extra=[*common, *keys, f"train.eval_every={steps}"], reuse=True)
         spec = json.loads((args.out / mode / "speculation.json").read_text())
         results[mode] = (metrics, spec)
 

@@ -3,7 +3,7 @@ with the placement cost model of issue H (csrc/switchyard/placement/cost_model.h
 NCCL H100 figures of docs/placement.md) and this project's measured second-round rates.
 
     python scripts/bench/project_speculation.py [--second-round 0.2] [--overflow 0.002]
-        [--t-sync-us 20] [--margins 0,0.02,0.1]
+        [--second-round-routes 0.2] [--t-sync-us 20] [--margin 0.1]
 
 Per MoE layer and forward pass of one GPU (uniform routing, contiguous placement; 256 experts,
 top-8, hidden 4096, expert FFN 2048, 8192 tokens per GPU, bf16, 8 GPUs per node -- the
@@ -39,10 +39,10 @@ from bench_placement import (D_FF, DTYPE_BYTES, HIDDEN, IB_ALPHA_S, IB_BETA_BPS,
 
 def a2a_seconds(R, rows_per_peer, model):
     """One all-to-all in which every rank sends rows_per_peer rows to every other rank."""
-    from switchyard import placement
+    from switchyard._C import placement as cp
 
     traffic = [0.0 if s == r else rows_per_peer for s in range(R) for r in range(R)]
-    return placement.project_layer_time([0.0] * R, traffic, model)["all_to_all_s"]
+    return cp.project_layer_time([0.0] * R, traffic, model)["all_to_all_s"]
 
 
 def main():
@@ -52,26 +52,24 @@ def main():
                    help="the same with capacities from predicted routes")
     p.add_argument("--overflow", type=float, default=0.002, help="overflow rows as a share of the rows sent")
     p.add_argument("--t-sync-us", type=float, default=20.0, help="device-to-host read + launch bubble (assumed)")
-    p.add_argument("--margins", default="0,0.02,0.1")
+    p.add_argument("--margin", type=float, default=0.1, help="the capacity margin the rates were measured at")
     args = p.parse_args()
 
     from switchyard import placement
+    from switchyard._C import placement as cp
 
-    model = placement.CostModel()
-    model.hidden_size, model.dtype_bytes = HIDDEN, DTYPE_BYTES
-    model.flops_per_token, model.rank_flops = 6.0 * HIDDEN * D_FF, RANK_FLOPS
-    model.alpha_intra_s, model.beta_intra_Bps = NVLINK_ALPHA_S, NVLINK_BETA_BPS
-    model.alpha_inter_s, model.beta_inter_Bps = IB_ALPHA_S, IB_BETA_BPS
-    model.ranks_per_node = 8
+    model = placement.cost_model(hidden_size=HIDDEN, dtype_bytes=DTYPE_BYTES, flops_per_token=6.0 * HIDDEN * D_FF,
+                                 rank_flops=RANK_FLOPS, alpha_intra_s=NVLINK_ALPHA_S, beta_intra_Bps=NVLINK_BETA_BPS,
+                                 alpha_inter_s=IB_ALPHA_S, beta_inter_Bps=IB_BETA_BPS, ranks_per_node=8)
     # A row holds the token plus K ids (8 B) and K weights (4 B): in token units of hidden * dtype.
     row_tokens = 1.0 + TOP_K * 12 / (HIDDEN * DTYPE_BYTES)
     router_s = 2.0 * TOKENS_PER_GPU * HIDDEN * PROJ_EXPERTS / RANK_FLOPS
-    margins = [float(m) for m in args.margins.split(",")]
     t_sync = args.t_sync_us * 1e-6
 
-    print(f"| GPUs | rows per peer | layer fwd (compute + 2 a2a) | A: latency of one a2a | "
-          + " | ".join(f"history, margin {m}" for m in margins) + f" | routes, margin {margins[-1]} |")
-    print("|---|---:|---:|---:|" + "---:|" * len(margins) + "---:|")
+    m = args.margin
+    print(f"| GPUs | rows per peer | layer fwd (compute + 2 a2a) | A: latency of one a2a | history, margin {m} "
+          f"| routes, margin {m} | margin 0.02, a second round every time |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for R in (8, 16, 32, 64):
         # Uniform top-K over E experts on R ranks: a token needs rank r with probability
         # 1 - C(E - E/R, K) / C(E, K) (one deduplicated row per (token, rank)).
@@ -80,7 +78,7 @@ def main():
         rows = TOKENS_PER_GPU * hit * row_tokens
         load = [TOKENS_PER_GPU * TOP_K] * R
         traffic = [0.0 if s == r else rows for s in range(R) for r in range(R)]
-        layer = placement.project_layer_time(load, traffic, model)["total_s"]
+        layer = cp.project_layer_time(load, traffic, model)["total_s"]
         A = a2a_seconds(R, 1e-9, model)
         payload = a2a_seconds(R, rows, model) - A
 
@@ -89,8 +87,7 @@ def main():
             second = p_second * (A / 2 + args.overflow * payload)  # to about half the peers
             return 3 * A + t_sync - pad - second - extra
 
-        cells = [net(m, args.second_round) for m in margins]
-        cells.append(net(margins[-1], args.second_round_routes, router_s))
+        cells = [net(m, args.second_round), net(m, args.second_round_routes, router_s), net(0.02, 1.0)]
         print(f"| {R} | {rows:.0f} | {layer * 1e3:.2f} ms | {A * 1e6:.0f} us | "
               + " | ".join(f"{c * 1e6:+.0f} us ({c / layer:+.2%})" for c in cells) + " |")
     print(f"\nt_sync = {args.t_sync_us:.0f} us (assumed), second round in {args.second_round:.0%} of dispatches "

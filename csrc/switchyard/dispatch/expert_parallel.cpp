@@ -4,6 +4,8 @@
 #include <c10/core/impl/VirtualGuardImpl.h>
 #include <c10/util/Exception.h>
 
+#include <cmath>
+
 #include "switchyard/comm/agreement.h"
 #include "switchyard/nn/experts.h"
 
@@ -27,6 +29,7 @@ void ExpertParallel::set_speculation(SpeculationOptions speculation) {
   speculation_ = speculation;
   predictor_.reset();
   prepared_.reset();
+  last_predicted_.reset();
 }
 
 void ExpertParallel::set_placement(ExpertPlacement placement) {
@@ -40,6 +43,7 @@ void ExpertParallel::set_placement(ExpertPlacement placement) {
   dispatcher_ = TokenDispatcher(dispatcher_.group(), std::move(placement));
   predictor_.reset();
   prepared_.reset();
+  last_predicted_.reset();
 }
 
 // Note [Predicted capacities]
@@ -56,6 +60,15 @@ void ExpertParallel::set_placement(ExpertPlacement placement) {
 // before the device has finished the attention. A prediction is only a size: the rows sent
 // are the real routing's, and the second round carries what a wrong prediction left out,
 // so results are bitwise those of the exact path (capacity_exchange.h).
+//
+// Calibration. Skipping the attention biases the prediction, and the bias of a pair
+// persists from one step to the next (measured: uncalibrated predictions overflowed more
+// often than the previous step's counts). When the previous dispatch was prepared too, the
+// pair's prediction is scaled by that dispatch's true / predicted rows (or, when nothing was
+// predicted, shifted by its true rows), and never lowered: the capacity is the larger of
+// the prediction and its calibrated value, so an exact prediction still fits. Both ends hold the same three numbers -- this
+// prediction and the last one, which travelled in the count exchanges, and the last true
+// count -- and compute the same double expression, so they still agree without a message.
 
 void ExpertParallel::prepare_routes(const at::Tensor& predicted_TK) {
   TORCH_CHECK_VALUE(wants_route_prediction(), "ExpertParallel.prepare_routes: speculative routing is off (",
@@ -98,9 +111,31 @@ PairCapacities ExpertParallel::take_prepared() {
   host = host.contiguous();
   const int64_t R = p.send_R.numel();
   const int64_t* n = host.data_ptr<int64_t>();
+  PairCapacities predicted;
+  predicted.send.assign(n, n + R);
+  predicted.recv.assign(n + R, n + 2 * R);
+  // Note [Predicted capacities], calibration: last_predicted_ and the history describe the
+  // same (previous) dispatch, or last_predicted_ is empty.
+  const std::optional<PairCapacities>& truth = predictor_.last_counts();
+  const bool calibrate = last_predicted_.has_value() && truth.has_value();
+  auto rows = [&](int64_t now, const std::vector<int64_t>* before, const std::vector<int64_t>* actual, int64_t r) {
+    if (!calibrate) return now;
+    const int64_t b = (*before)[r], a = (*actual)[r];
+    const int64_t scaled = b == 0 ? now + a
+                                  : static_cast<int64_t>(std::llround(static_cast<double>(now) *
+                                                                      static_cast<double>(a) / static_cast<double>(b)));
+    return std::max(now, scaled);  // only ever adds room: an exact prediction still fits
+  };
   PairCapacities c;
-  for (int64_t r = 0; r < R; ++r) c.send.push_back(CapacityPredictor::capacity_for(n[r], speculation_.capacity_margin));
-  for (int64_t r = 0; r < R; ++r) c.recv.push_back(CapacityPredictor::capacity_for(n[R + r], speculation_.capacity_margin));
+  for (int64_t r = 0; r < R; ++r) {
+    c.send.push_back(CapacityPredictor::capacity_for(
+        rows(predicted.send[r], calibrate ? &last_predicted_->send : nullptr, calibrate ? &truth->send : nullptr, r),
+        speculation_.capacity_margin));
+    c.recv.push_back(CapacityPredictor::capacity_for(
+        rows(predicted.recv[r], calibrate ? &last_predicted_->recv : nullptr, calibrate ? &truth->recv : nullptr, r),
+        speculation_.capacity_margin));
+  }
+  last_predicted_ = std::move(predicted);
   counters_.prediction_host_syncs += 1;
   return c;
 }
@@ -121,8 +156,9 @@ at::Tensor ExpertParallel::run_routed(const at::Tensor& x_Td, const ops::Routing
   const bool predicted = prepared_.has_value();
   if (predicted) {
     capacities = take_prepared();
-  } else if (speculation_.capacity) {
-    capacities = predictor_.capacities(speculation_.capacity_margin);
+  } else {
+    last_predicted_.reset();  // this dispatch's counts will not match a prediction
+    if (speculation_.capacity) capacities = predictor_.capacities(speculation_.capacity_margin);
   }
   const DispatchResult d = dispatcher_.dispatch(x_Td, routing, capacities ? &*capacities : nullptr);
   // Every rank observes the same exchange, so the pair's two ends keep the same history.

@@ -75,6 +75,9 @@ class ExpertParallel : public nn::ExpertParallelism {
     std::optional<c10::Event> copied;  // CUDA: that copy's completion on the stream
   };
   std::optional<PreparedRoutes> prepared_;
+  // The predicted counts (send, recv) of the latest dispatch, when it was prepared: with its
+  // true counts (predictor_) they calibrate the next prediction.
+  std::optional<PairCapacities> last_predicted_;
   PairCapacities take_prepared();
   SpeculationCounters counters_;
   std::optional<DispatchStats> last_stats_;

@@ -49,6 +49,8 @@ class CapacityPredictor {
   // Forget the history (a new expert placement makes the per-peer counts meaningless).
   void reset() { last_.reset(); }
   bool has_history() const { return last_.has_value(); }
+  // The true counts of the latest dispatch (nullopt before the first).
+  const std::optional<PairCapacities>& last_counts() const { return last_; }
 
   // capacity of a pair that moved `rows` last time.
   static int64_t capacity_for(int64_t rows, double margin);

@@ -243,6 +243,14 @@ def predicted_rows(ids_TK, placement):
     return out
 
 
+def calibrated(now, before, actual):
+    """ExpertParallel's calibration (Note [Predicted capacities]): the prediction scaled by the
+    previous step's true / predicted rows (shifted when it predicted none), never lowered."""
+    if before is None:
+        return now
+    return [max(n, n + a if b == 0 else math.floor(n * a / b + 0.5)) for n, b, a in zip(now, before, actual)]
+
+
 def prediction(kind, x, placement, step, g):
     """A prediction of x's top-2 experts (logits = x[:, :E], see check_predicted)."""
     T, R = x.shape[0], placement.num_ranks
@@ -275,6 +283,7 @@ def check_predicted(world, dtype, pname, placement):
     ep_on = distribute(on, world, placement, SpeculationOptions(capacity=True, capacity_margin=0.0, routes=True))
     assert ep_on.wants_route_prediction and not ep_off.wants_route_prediction
     kinds = ["exact", "unrouted", "to_rank0", "shifted", "random", "exact", "random", "exact"]
+    before = actual = None  # the previous step's predicted and true rows per peer (calibration)
     g = torch.Generator().manual_seed(23)
     gp = torch.Generator().manual_seed(100 + me)  # random predictions differ per rank
     for (step, kind, xs), pkind in zip(schedule(R, placement, g, dtype), kinds):
@@ -295,7 +304,9 @@ def check_predicted(world, dtype, pname, placement):
             same(n + ".grad", res[0][2][n], res[1][2][n], where)
         st = ep_on.last_stats
         send, recv = ep_on.last_splits
-        cap = predicted_rows(pred, placement)  # margin 0: capacity = predicted rows
+        now = predicted_rows(pred, placement)
+        cap = calibrated(now, before, actual)  # margin 0
+        before, actual = now, list(send)
         over = sum(max(0, a - c) for a, c in zip(send, cap))
         assert st["speculative"] == 1 and st["collectives"] == 1 and st["host_syncs_before_payload"] == 0, (where, st)
         assert st["overflow_rows_sent"] == over, (where, st, cap, send)
