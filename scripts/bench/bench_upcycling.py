@@ -37,6 +37,8 @@ def main():
     p.add_argument("--target", default="configs/upcycle_moe.yaml")
     p.add_argument("--method", default="sparse", choices=["sparse", "drop", "fine_grained"])
     p.add_argument("--router-std", type=float, default=0.02)
+    p.add_argument("--shared-fraction", type=float, default=None,
+                   help="with a shared expert in --target: the share of the output it carries (upcycle --shared-fraction)")
     p.add_argument("--no-scratch", action="store_true", help="skip the MoE trained from random weights")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key of the extra-step runs (all three alike), e.g. train.lr=3e-4")
@@ -61,7 +63,8 @@ def main():
                         source, str(out / "dense_init")], check=True, cwd=ROOT, env=env)
     init = out / f"upcycled_init_{tag}"
     subprocess.run([sys.executable, "-m", "switchyard.upcycle", "--from", source, "--config", args.target,
-                    "--method", args.method, "--router-std", str(args.router_std), "--out", str(init)],
+                    "--method", args.method, "--router-std", str(args.router_std), "--out", str(init),
+                    *([] if args.shared_fraction is None else ["--shared-fraction", str(args.shared_fraction)])],
                    check=True, cwd=ROOT, env=env)
     runs = [
         ("continued dense", "upcycle_dense", "continued_dense", [f"checkpoint.resume={out / 'dense_init'}"]),
