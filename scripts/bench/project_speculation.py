@@ -2,8 +2,8 @@
 with the placement cost model of issue H (csrc/switchyard/placement/cost_model.h, the public
 NCCL H100 figures of docs/placement.md) and this project's measured second-round rates.
 
-    python scripts/bench/project_speculation.py [--second-round 0.2] [--overflow 0.002]
-        [--second-round-routes 0.2] [--t-sync-us 20] [--margin 0.1]
+    python scripts/bench/project_speculation.py [--second-round 0.63] [--overflow 0.013]
+        [--second-round-routes 0.19] [--overflow-routes 0.003] [--t-sync-us 20] [--margin 0.1]
 
 Per MoE layer and forward pass of one GPU (uniform routing, contiguous placement; 256 experts,
 top-8, hidden 4096, expert FFN 2048, 8192 tokens per GPU, bf16, 8 GPUs per node -- the
@@ -47,10 +47,11 @@ def a2a_seconds(R, rows_per_peer, model):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--second-round", type=float, default=0.2, help="share of dispatches with a second round")
-    p.add_argument("--second-round-routes", type=float, default=0.2,
+    p.add_argument("--second-round", type=float, default=0.63, help="share of dispatches with a second round")
+    p.add_argument("--second-round-routes", type=float, default=0.19,
                    help="the same with capacities from predicted routes")
-    p.add_argument("--overflow", type=float, default=0.002, help="overflow rows as a share of the rows sent")
+    p.add_argument("--overflow", type=float, default=0.013, help="overflow rows as a share of the rows sent")
+    p.add_argument("--overflow-routes", type=float, default=0.003, help="the same with predicted routes")
     p.add_argument("--t-sync-us", type=float, default=20.0, help="device-to-host read + launch bubble (assumed)")
     p.add_argument("--margin", type=float, default=0.1, help="the capacity margin the rates were measured at")
     args = p.parse_args()
@@ -82,16 +83,17 @@ def main():
         A = a2a_seconds(R, 1e-9, model)
         payload = a2a_seconds(R, rows, model) - A
 
-        def net(margin, p_second, extra=0.0):
+        def net(margin, p_second, extra=0.0, overflow=args.overflow):
             pad = a2a_seconds(R, rows * (1 + margin) + row_tokens, model) - a2a_seconds(R, rows, model)
-            second = p_second * (A / 2 + args.overflow * payload)  # to about half the peers
+            second = p_second * (A / 2 + overflow * payload)  # to about half the peers
             return 3 * A + t_sync - pad - second - extra
 
-        cells = [net(m, args.second_round), net(m, args.second_round_routes, router_s), net(0.02, 1.0)]
+        cells = [net(m, args.second_round), net(m, args.second_round_routes, router_s, args.overflow_routes), net(0.02, 1.0)]
         print(f"| {R} | {rows:.0f} | {layer * 1e3:.2f} ms | {A * 1e6:.0f} us | "
               + " | ".join(f"{c * 1e6:+.0f} us ({c / layer:+.2%})" for c in cells) + " |")
-    print(f"\nt_sync = {args.t_sync_us:.0f} us (assumed), second round in {args.second_round:.0%} of dispatches "
-          f"with {args.overflow:.1%} of the rows; router matmul {router_s * 1e6:.0f} us at "
+    print(f"\nt_sync = {args.t_sync_us:.0f} us (assumed); second round in {args.second_round:.0%} of dispatches "
+          f"with {args.overflow:.1%} of the rows (history), {args.second_round_routes:.0%} with "
+          f"{args.overflow_routes:.1%} (routes); router matmul {router_s * 1e6:.0f} us at "
           f"{RANK_FLOPS / 1e12:.0f} TFLOP/s. Backward passes are unchanged (the same 3 all-to-alls).")
 
 
