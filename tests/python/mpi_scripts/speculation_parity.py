@@ -118,6 +118,38 @@ def check_capacities(world, dtype, device="cpu"):
             assert st["second_round"] == 0 and st["padding_bytes"] > 0, (where, st)
 
 
+def layer_pair(dtype, router):
+    """Two copies of one MoELayer (to distribute with speculation off and on) whose router
+    computes logits = x[:, :E], so that the schedule's inputs steer the routing."""
+    opts = dict(d_model=D, ffn_hidden=F, num_experts=E, top_k=2)
+    if router == "expert_choice":
+        opts.update(router="expert_choice", capacity_factor=1.0)
+    torch.manual_seed(5)
+    off = MoELayer(**opts).to(dtype)
+    with torch.no_grad():
+        w = torch.zeros_like(off.router.weight)
+        w[:, :E] = torch.eye(E, dtype=dtype)
+        off.router.weight.copy_(w)
+    on = MoELayer(**opts).to(dtype)
+    on.load_state_dict(off.state_dict())
+    return off, on
+
+
+def step_both(off, on, x_in, gy, where):
+    """One forward + backward of the two layers on x_in; outputs and every gradient equal."""
+    res = []
+    for layer in (off, on):
+        layer.zero_grad()
+        x = x_in.clone().requires_grad_()
+        out = layer(x)
+        (out.output * gy).sum().backward()
+        res.append((out.output, x.grad, {n: p.grad for n, p in layer.named_parameters()}))
+    same("output", res[0][0], res[1][0], where)
+    same("input grad", res[0][1], res[1][1], where)
+    for n in res[0][2]:
+        same(n + ".grad", res[0][2][n], res[1][2][n], where)
+
+
 def placements(R):
     yield "contiguous", ExpertPlacement.contiguous(E, R)
     g = torch.Generator().manual_seed(4321)
@@ -161,17 +193,7 @@ def expected_capacity(rows, margin):
 
 def check_layer(world, dtype, router, pname, placement, margin):
     R, me = world.size, world.rank
-    opts = dict(d_model=D, ffn_hidden=F, num_experts=E, top_k=2)
-    if router == "expert_choice":
-        opts.update(router="expert_choice", capacity_factor=1.0)
-    torch.manual_seed(5)
-    off = MoELayer(**opts).to(dtype)
-    with torch.no_grad():  # logits = x[:, :E]: the schedule steers the routing
-        w = torch.zeros_like(off.router.weight)
-        w[:, :E] = torch.eye(E, dtype=dtype)
-        off.router.weight.copy_(w)
-    on = MoELayer(**opts).to(dtype)
-    on.load_state_dict(off.state_dict())
+    off, on = layer_pair(dtype, router)
     ep_off = distribute(off, world, placement, SpeculationOptions(capacity=False))
     ep_on = distribute(on, world, placement, SpeculationOptions(capacity=True, capacity_margin=margin))
     assert ep_on.speculation.capacity and not ep_off.speculation.capacity
@@ -179,23 +201,13 @@ def check_layer(world, dtype, router, pname, placement, margin):
     prev_splits = None
     second_rounds = 0
 
-    def step_both(xs, where):
-        grads = []
+    def both(xs, where):
         gy = torch.randn(xs[me].shape, generator=torch.Generator().manual_seed(len(where)), dtype=dtype)
-        for layer in (off, on):
-            layer.zero_grad()
-            x = xs[me].clone().requires_grad_()
-            out = layer(x)
-            (out.output * gy).sum().backward()
-            grads.append((out.output, x.grad, {n: p.grad for n, p in layer.named_parameters()}))
-        same("output", grads[0][0], grads[1][0], where)
-        same("input grad", grads[0][1], grads[1][1], where)
-        for n in grads[0][2]:
-            same(n + ".grad", grads[0][2][n], grads[1][2][n], where)
+        step_both(off, on, xs[me], gy, where)
 
     for step, kind, xs in schedule(R, placement, g, dtype):
         where = f"rank {me} {router} {pname} margin {margin} step {step} ({kind}) {dtype}"
-        step_both(xs, where)
+        both(xs, where)
         st = ep_on.last_stats
         assert ep_off.last_stats["speculative"] == 0 and ep_off.last_stats["collectives"] == 4, where
         if prev_splits is None:
@@ -227,9 +239,9 @@ def check_layer(world, dtype, router, pname, placement, margin):
     ep_off.set_placement(moved)
     ep_on.set_placement(moved)
     xs = [torch.randn(7, D, generator=g, dtype=dtype) for _ in range(R)]
-    step_both(xs, f"rank {me} {router} {pname} after set_placement")
+    both(xs, f"rank {me} {router} {pname} after set_placement")
     assert ep_on.last_stats["speculative"] == 0, ep_on.last_stats
-    step_both(xs, f"rank {me} {router} {pname} after set_placement, second step")
+    both(xs, f"rank {me} {router} {pname} after set_placement, second step")
     assert ep_on.last_stats["speculative"] == 1 and ep_on.last_stats["second_round"] == 0, ep_on.last_stats
 
 
@@ -270,15 +282,7 @@ def prediction(kind, x, placement, step, g):
 
 def check_predicted(world, dtype, pname, placement):
     R, me = world.size, world.rank
-    opts = dict(d_model=D, ffn_hidden=F, num_experts=E, top_k=2)
-    torch.manual_seed(5)
-    off = MoELayer(**opts).to(dtype)
-    with torch.no_grad():  # logits = x[:, :E]
-        w = torch.zeros_like(off.router.weight)
-        w[:, :E] = torch.eye(E, dtype=dtype)
-        off.router.weight.copy_(w)
-    on = MoELayer(**opts).to(dtype)
-    on.load_state_dict(off.state_dict())
+    off, on = layer_pair(dtype, "topk")
     ep_off = distribute(off, world, placement, SpeculationOptions(capacity=False))
     ep_on = distribute(on, world, placement, SpeculationOptions(capacity=True, capacity_margin=0.0, routes=True))
     assert ep_on.wants_route_prediction and not ep_off.wants_route_prediction
@@ -290,18 +294,8 @@ def check_predicted(world, dtype, pname, placement):
         where = f"rank {me} predicted {pname} step {step} ({kind}, prediction {pkind}) {dtype}"
         pred = prediction(pkind, xs[me], placement, step, gp)
         ep_on.prepare_routes(pred)
-        res = []
         gy = torch.randn(xs[me].shape, generator=torch.Generator().manual_seed(step), dtype=dtype)
-        for layer in (off, on):
-            layer.zero_grad()
-            x = xs[me].clone().requires_grad_()
-            out = layer(x)
-            (out.output * gy).sum().backward()
-            res.append((out.output, x.grad, {n: p.grad for n, p in layer.named_parameters()}))
-        same("output", res[0][0], res[1][0], where)
-        same("input grad", res[0][1], res[1][1], where)
-        for n in res[0][2]:
-            same(n + ".grad", res[0][2][n], res[1][2][n], where)
+        step_both(off, on, xs[me], gy, where)
         st = ep_on.last_stats
         send, recv = ep_on.last_splits
         now = predicted_rows(pred, placement)
