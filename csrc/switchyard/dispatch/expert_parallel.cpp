@@ -4,6 +4,7 @@
 #include <c10/core/impl/VirtualGuardImpl.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "switchyard/comm/agreement.h"
@@ -66,9 +67,24 @@ void ExpertParallel::set_placement(ExpertPlacement placement) {
 // often than the previous step's counts). When the previous dispatch was prepared too, the
 // pair's prediction is scaled by that dispatch's true / predicted rows (or, when nothing was
 // predicted, shifted by its true rows), and never lowered: the capacity is the larger of
-// the prediction and its calibrated value, so an exact prediction still fits. Both ends hold the same three numbers -- this
-// prediction and the last one, which travelled in the count exchanges, and the last true
-// count -- and compute the same double expression, so they still agree without a message.
+// the prediction and its calibrated value, so an exact prediction still fits. Both ends
+// hold the same three numbers -- this prediction and the last one, which travelled in the
+// count exchanges, and the last true count -- and compute the same double expression, so
+// they still agree without a message.
+
+namespace {
+
+// Note [Predicted capacities], calibration: `now` predicted rows, given that the previous
+// dispatch predicted `before` and moved `actual`.
+int64_t calibrated_rows(int64_t now, int64_t before, int64_t actual) {
+  const int64_t scaled =
+      before == 0 ? now + actual
+                  : static_cast<int64_t>(std::llround(static_cast<double>(now) * static_cast<double>(actual) /
+                                                      static_cast<double>(before)));
+  return std::max(now, scaled);
+}
+
+}  // namespace
 
 void ExpertParallel::prepare_routes(const at::Tensor& predicted_TK) {
   TORCH_CHECK_VALUE(wants_route_prediction(), "ExpertParallel.prepare_routes: speculative routing is off (",
@@ -118,22 +134,15 @@ PairCapacities ExpertParallel::take_prepared() {
   // same (previous) dispatch, or last_predicted_ is empty.
   const std::optional<PairCapacities>& truth = predictor_.last_counts();
   const bool calibrate = last_predicted_.has_value() && truth.has_value();
-  auto rows = [&](int64_t now, const std::vector<int64_t>* before, const std::vector<int64_t>* actual, int64_t r) {
-    if (!calibrate) return now;
-    const int64_t b = (*before)[r], a = (*actual)[r];
-    const int64_t scaled = b == 0 ? now + a
-                                  : static_cast<int64_t>(std::llround(static_cast<double>(now) *
-                                                                      static_cast<double>(a) / static_cast<double>(b)));
-    return std::max(now, scaled);  // only ever adds room: an exact prediction still fits
-  };
+  const double margin = speculation_.capacity_margin;
   PairCapacities c;
   for (int64_t r = 0; r < R; ++r) {
-    c.send.push_back(CapacityPredictor::capacity_for(
-        rows(predicted.send[r], calibrate ? &last_predicted_->send : nullptr, calibrate ? &truth->send : nullptr, r),
-        speculation_.capacity_margin));
-    c.recv.push_back(CapacityPredictor::capacity_for(
-        rows(predicted.recv[r], calibrate ? &last_predicted_->recv : nullptr, calibrate ? &truth->recv : nullptr, r),
-        speculation_.capacity_margin));
+    const int64_t send = calibrate ? calibrated_rows(predicted.send[r], last_predicted_->send[r], truth->send[r])
+                                   : predicted.send[r];
+    const int64_t recv = calibrate ? calibrated_rows(predicted.recv[r], last_predicted_->recv[r], truth->recv[r])
+                                   : predicted.recv[r];
+    c.send.push_back(CapacityPredictor::capacity_for(send, margin));
+    c.recv.push_back(CapacityPredictor::capacity_for(recv, margin));
   }
   last_predicted_ = std::move(predicted);
   counters_.prediction_host_syncs += 1;
