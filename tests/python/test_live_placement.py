@@ -26,27 +26,28 @@ def _floats(run_dir, name):
     return [float(v) for v in _column(run_dir, name) if v != ""]
 
 
+def _migration(run_mpi, mode, ep):
+    """mpi_scripts/expert_migration.py MODE EP on 4 ranks: every rank prints "migration ok"."""
+    out = run_mpi(4, str(SCRIPTS / "expert_migration.py"), mode, str(ep), timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.count("migration ok") == 4, out.stdout + out.stderr
+
+
 @pytest.mark.mpi
 @pytest.mark.parametrize("ep", [4, 2])
 def test_migration_round_trip(run_mpi, ep):
-    out = run_mpi(4, str(SCRIPTS / "expert_migration.py"), "roundtrip", str(ep), timeout=300)
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert out.stdout.count("migration ok") == 4, out.stdout + out.stderr
+    _migration(run_mpi, "roundtrip", ep)
 
 
 @pytest.mark.mpi
 def test_ranks_that_disagree_on_the_placement_are_refused(run_mpi):
-    out = run_mpi(4, str(SCRIPTS / "expert_migration.py"), "disagree", "4", timeout=300)
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert out.stdout.count("migration ok") == 4, out.stdout + out.stderr
+    _migration(run_mpi, "disagree", 4)
 
 
 @pytest.mark.mpi
 @pytest.mark.parametrize("ep", [4, 2])
 def test_replacement_keeps_losses(run_mpi, ep):
-    out = run_mpi(4, str(SCRIPTS / "expert_migration.py"), "same_losses", str(ep), timeout=300)
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert out.stdout.count("migration ok") == 4, out.stdout + out.stderr
+    _migration(run_mpi, "same_losses", ep)
 
 
 @pytest.fixture(scope="module")

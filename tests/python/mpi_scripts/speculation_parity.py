@@ -263,7 +263,7 @@ def calibrated(now, before, actual):
     return [max(n, n + a if b == 0 else math.floor(n * a / b + 0.5)) for n, b, a in zip(now, before, actual)]
 
 
-def prediction(kind, x, placement, step, g):
+def prediction(kind, x, placement, g):
     """A prediction of x's top-2 experts (logits = x[:, :E], see check_predicted)."""
     T, R = x.shape[0], placement.num_ranks
     exact = route_topk(x[:, :E].detach(), 2).topk_experts
@@ -292,7 +292,7 @@ def check_predicted(world, dtype, pname, placement):
     gp = torch.Generator().manual_seed(100 + me)  # random predictions differ per rank
     for (step, kind, xs), pkind in zip(schedule(R, placement, g, dtype), kinds):
         where = f"rank {me} predicted {pname} step {step} ({kind}, prediction {pkind}) {dtype}"
-        pred = prediction(pkind, xs[me], placement, step, gp)
+        pred = prediction(pkind, xs[me], placement, gp)
         ep_on.prepare_routes(pred)
         gy = torch.randn(xs[me].shape, generator=torch.Generator().manual_seed(step), dtype=dtype)
         step_both(off, on, xs[me], gy, where)
@@ -315,7 +315,7 @@ def check_predicted(world, dtype, pname, placement):
     assert c["host_syncs_before_payload"] == 0 and c["collectives"] == 8 * 2, c
     # A prepared prediction does not survive a new placement: the next forward is exact.
     ep_off.set_placement(placement)
-    ep_on.prepare_routes(prediction("exact", xs[me], placement, 0, gp))
+    ep_on.prepare_routes(prediction("exact", xs[me], placement, gp))
     ep_on.set_placement(placement)
     x = xs[me].clone()
     same("output after set_placement", off(x).output, on(x).output, f"rank {me} predicted {pname} set_placement")
